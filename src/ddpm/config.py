@@ -1,0 +1,347 @@
+"""Configuration dataclasses: defaults are the paper's values, presets are named instances.
+
+Every dataclass round-trips through plain JSON (``to_dict`` / ``from_dict``) so that the resolved
+configuration can be saved beside every checkpoint and result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+ScheduleName = Literal["linear", "quadratic", "constant", "cosine"]
+MeanType = Literal["eps", "x0", "mu"]  # what the network predicts (Table 2)
+VarType = Literal["fixed_beta", "fixed_beta_tilde", "learned", "learned_range"]  # Σ_θ (Sec. 3.2)
+LossType = Literal["simple", "vlb", "hybrid", "mu_mse"]  # Eq. 14, Eq. 5, Nichol & Dhariwal, Table 2
+DatasetName = Literal["digits", "cifar10", "folder", "lmdb", "npz", "toy2d"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option."""
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The paper's U-Net (Sec. 4, Appendix B)."""
+
+    kind: Literal["unet"] = "unet"
+    image_size: int = 32                            # spatial size of the (square) input
+    in_channels: int = 3                            # image channels
+    base_channels: int = 128                        # channels at the first resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2, 2)   # channel multiplier per resolution
+    num_res_blocks: int = 2                         # residual blocks per resolution
+    attn_resolutions: tuple[int, ...] = (16,)       # resolutions that get self-attention
+    dropout: float = 0.1                            # dropout inside residual blocks
+    num_groups: int = 32                            # GroupNorm groups
+    learn_sigma: bool = False                       # output 2x channels (mean and Σ outputs)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """A small time-conditioned MLP for 2-D toy data."""
+
+    kind: Literal["mlp"] = "mlp"
+    dim: int = 2                # data dimension
+    hidden: int = 128           # hidden width
+    depth: int = 3              # hidden layers
+    time_embed_dim: int = 64    # sinusoidal embedding width
+    learn_sigma: bool = False   # output 2x dims (mean and Σ outputs)
+
+    @property
+    def out_channels(self) -> int:
+        return self.dim * (2 if self.learn_sigma else 1)
+
+
+ModelConfig = Union[UNetConfig, MLPConfig]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and the reverse-process parameterization (Sec. 2-3)."""
+
+    schedule: ScheduleName = "linear"   # β schedule
+    T: int = 1000                       # number of diffusion steps
+    beta_start: float = 1e-4            # β_1 (linear, quadratic); β for "constant"
+    beta_end: float = 0.02              # β_T (linear, quadratic)
+    mean_type: MeanType = "eps"         # network predicts ε (Eq. 11), x₀ or μ̃
+    var_type: VarType = "fixed_beta"    # σ_t² = β_t, β̃_t, or learned
+    loss_type: LossType = "simple"      # L_simple (Eq. 14) by default
+    hybrid_lambda: float = 0.001        # λ in L_simple + λ·L_vlb (Nichol & Dhariwal)
+    levels: int = 256                   # pixel levels of the discretized decoder (Eq. 13)
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.var_type in ("learned", "learned_range")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    dataset: DatasetName = "digits"     # which loader
+    path: str | None = None             # archive, folder, LMDB or .npz path (None: built-in data)
+    image_size: int = 8                 # images are center-cropped and resized to this size
+    channels: int = 1                   # 1 (grey) or 3 (RGB)
+    random_flip: bool = False           # random horizontal flips during training
+    held_out_fraction: float = 0.1      # test split for data without one, fixed by `split_seed`
+    split_seed: int = 0                 # seed of the fixed held-out split
+    download: bool = False              # allow downloading (only CIFAR-10 supports it)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's training recipe (Appendix B)."""
+
+    lr: float = 2e-4                    # Adam learning rate
+    batch_size: int = 128               # global batch size (split over processes)
+    warmup_steps: int = 5000            # linear learning-rate warm-up
+    grad_clip: float = 1.0              # gradient-norm clipping
+    ema_decay: float = 0.9999           # EMA of the weights
+    total_steps: int = 800_000          # training steps
+    seed: int = 0                       # seeds the weights, the data order and the noise
+    log_every: int = 100                # steps between log rows
+    sample_every: int = 10_000          # steps between EMA sample grids (0: never)
+    checkpoint_every: int = 10_000      # steps between checkpoints
+    keep_checkpoints: int = 3           # the last K checkpoints are kept
+    num_workers: int = 0                # DataLoader workers
+    bf16: bool = False                  # bfloat16 autocast for the forward pass
+    compile: bool = False               # torch.compile the network
+    nonfinite_policy: Literal["stop", "skip"] = "stop"  # what a NaN/Inf loss or gradient does
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as JSON beside every checkpoint."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return from_dict(cls, d)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the option when the run configuration is inconsistent."""
+    d, m = cfg.diffusion, cfg.model
+    if d.T < 1:
+        raise ConfigError(f"diffusion.T must be >= 1, got {d.T}")
+    if d.levels < 2:
+        raise ConfigError(f"diffusion.levels must be >= 2, got {d.levels}")
+    if d.learn_sigma != m.learn_sigma:
+        raise ConfigError(
+            f"model.learn_sigma={m.learn_sigma} contradicts diffusion.var_type={d.var_type!r}: "
+            "a learned Σ needs a network with twice the output channels"
+        )
+    if d.learn_sigma and d.loss_type in ("simple", "mu_mse"):
+        raise ConfigError(
+            f"diffusion.loss_type={d.loss_type!r} gives no gradient to a learned Σ "
+            f"(var_type={d.var_type!r}); use 'vlb' or 'hybrid'"
+        )
+    if d.loss_type == "mu_mse" and d.mean_type != "mu":
+        raise ConfigError("diffusion.loss_type='mu_mse' is the μ̃-prediction baseline: set mean_type='mu'")
+    t = cfg.train
+    if t.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if isinstance(m, UNetConfig):
+        if m.in_channels != cfg.data.channels:
+            raise ConfigError(
+                f"model.in_channels={m.in_channels} differs from data.channels={cfg.data.channels}"
+            )
+        if m.image_size != cfg.data.image_size:
+            raise ConfigError(
+                f"model.image_size={m.image_size} differs from data.image_size={cfg.data.image_size}"
+            )
+        factor = 2 ** (len(m.channel_mults) - 1)
+        if m.image_size % factor:
+            raise ConfigError(
+                f"model.image_size={m.image_size} must be divisible by {factor} "
+                f"(the U-Net halves it {len(m.channel_mults) - 1} times)"
+            )
+        if m.base_channels % m.num_groups:
+            raise ConfigError(
+                f"model.base_channels={m.base_channels} must be divisible by model.num_groups={m.num_groups}"
+            )
+
+
+# --- JSON round trip ---------------------------------------------------------------------------
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) as plain JSON-able dicts, lists and scalars."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        dcs = [a for a in args if dataclasses.is_dataclass(a)]
+        if dcs and isinstance(value, dict):
+            kind = value.get("kind")
+            for a in dcs:
+                if kind == a.kind:  # type: ignore[attr-defined]
+                    return from_dict(a, value, where)
+            raise ConfigError(f"{where}.kind={kind!r} is not one of {[a.kind for a in dcs]}")  # type: ignore[attr-defined]
+        for a in args:
+            if a is not type(None):
+                return _convert(a, value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be an object, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (elem, *_rest) = get_args(tp)
+        return tuple(_convert(elem, v, where) for v in value)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}={value!r} is not one of {list(get_args(tp))}")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, bool, str) and not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be int, got {value!r}")
+    return value
+
+
+def from_dict(cls: Any, d: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a dict, checking names and types; unknown keys are an error."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)} in {where}; known: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where != "config" else k) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+_LINKED = {
+    "image_size": (("model", "image_size"), ("data", "image_size")),
+    "channels": (("model", "in_channels"), ("data", "channels")),
+}
+
+
+def override(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """Return ``cfg`` with fields replaced by name; a name may be bare (``lr``) or dotted (``train.lr``).
+
+    A bare name must belong to exactly one section; ``image_size`` and ``channels`` set both the
+    model and the data, and a new ``var_type`` sets ``model.learn_sigma`` to match.
+    """
+    sections = {"model": cfg.model, "diffusion": cfg.diffusion, "data": cfg.data, "train": cfg.train}
+    updates: dict[str, dict[str, Any]] = {k: {} for k in sections}
+    top: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key in _LINKED:  # one value that two sections must agree on
+            for sec, name in _LINKED[key]:
+                if name in {f.name for f in fields(sections[sec])}:
+                    updates[sec][name] = value
+            continue
+        if "." in key:
+            sec, name = key.split(".", 1)
+            if sec not in sections:
+                raise ConfigError(f"unknown config section {sec!r} in option {key!r}")
+            owners = [sec] if name in {f.name for f in fields(sections[sec])} else []
+        elif key == "name":
+            top["name"] = value
+            continue
+        else:
+            name = key
+            owners = [s for s, obj in sections.items() if name in {f.name for f in fields(obj)}]
+        if not owners:
+            raise ConfigError(f"unknown option {key!r}")
+        if len(owners) > 1:
+            raise ConfigError(f"option {key!r} is ambiguous: use one of {[f'{o}.{name}' for o in owners]}")
+        updates[owners[0]][name] = value
+    if "var_type" in updates["diffusion"] and "learn_sigma" not in updates["model"]:
+        # a learned Σ decides the network's output channels: keep the two in step
+        updates["model"]["learn_sigma"] = updates["diffusion"]["var_type"] in ("learned", "learned_range")
+    new_sections = {}
+    for sec, obj in sections.items():
+        if updates[sec]:
+            merged = {**to_dict(obj), **to_dict(updates[sec])}
+            new_sections[sec] = from_dict(type(obj), merged, sec)
+        else:
+            new_sections[sec] = obj
+    return RunConfig(name=top.get("name", cfg.name), **new_sections)
+
+
+# --- presets: the paper's runs (Appendix B) and CPU-scale runs ----------------------------------
+
+def _unet256(name: str, steps: int, flip: bool, var_type: VarType) -> RunConfig:
+    return RunConfig(
+        name=name,
+        model=UNetConfig(image_size=256, channel_mults=(1, 1, 2, 2, 4, 4), dropout=0.0),
+        diffusion=DiffusionConfig(var_type=var_type),
+        data=DataConfig(dataset="folder", image_size=256, channels=3, random_flip=flip),
+        train=TrainConfig(lr=2e-5, batch_size=64, total_steps=steps),
+    )
+
+
+PRESETS: dict[str, RunConfig] = {
+    "cifar10": RunConfig(
+        name="cifar10",
+        model=UNetConfig(),  # 35.7M parameters
+        diffusion=DiffusionConfig(),
+        data=DataConfig(dataset="cifar10", image_size=32, channels=3, random_flip=True),
+        train=TrainConfig(lr=2e-4, batch_size=128, total_steps=800_000),
+    ),
+    # 114M parameters each; the paper trained CelebA-HQ 0.5M, church 1.2M, bedroom 2.4M, cat 1.8M steps.
+    # The official 256x256 runs sample with σ² = β̃ and flip all but LSUN cat (scripts/run_lsun.py).
+    "celebahq256": _unet256("celebahq256", 500_000, True, "fixed_beta_tilde"),
+    "lsun_church256": _unet256("lsun_church256", 1_200_000, True, "fixed_beta_tilde"),
+    "lsun_bedroom256": _unet256("lsun_bedroom256", 2_400_000, True, "fixed_beta_tilde"),
+    "lsun_cat256": _unet256("lsun_cat256", 1_800_000, False, "fixed_beta_tilde"),
+    # scikit-learn's 8x8 digits: 17 grey levels (0..16), one channel; sized for a laptop CPU
+    "digits": RunConfig(
+        name="digits",
+        model=UNetConfig(image_size=8, in_channels=1, base_channels=64, channel_mults=(1, 2, 2),
+                         attn_resolutions=(4,), dropout=0.0),
+        diffusion=DiffusionConfig(levels=17),
+        data=DataConfig(dataset="digits", image_size=8, channels=1, random_flip=False),
+        train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=4000,
+                          log_every=50, sample_every=1000, checkpoint_every=1000),
+    ),
+    "toy2d": RunConfig(
+        name="toy2d",
+        model=MLPConfig(),
+        diffusion=DiffusionConfig(T=100, beta_start=1e-3, beta_end=0.1),
+        data=DataConfig(dataset="toy2d", image_size=1, channels=2),
+        train=TrainConfig(lr=1e-3, batch_size=256, warmup_steps=100, ema_decay=0.995, total_steps=3000,
+                          log_every=100, sample_every=0, checkpoint_every=1000),
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset; an unknown name is an error listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]
