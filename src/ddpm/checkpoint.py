@@ -1,0 +1,532 @@
+"""Self-describing, atomic, safe checkpoints: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a directory ``<run_dir>/checkpoints/step_<step:09d>/`` holding
+
+- ``model.safetensors``      the network's state_dict
+- ``ema.safetensors``        the EMA weights (optional)
+- ``optimizer.safetensors``  the optimizer's tensors (optional; its structure is in meta.json)
+- ``state.safetensors``      other tensors such as RNG states (optional)
+- ``meta.json``              format name and version, step, run config, optimizer structure,
+                             JSON ``extra`` and the SHA-256 of every tensor file; written last.
+
+Nothing is ever unpickled. A checkpoint is written into a hidden sibling directory
+(``.tmp-step_...-<pid>``), fsynced, and renamed into place, so a crash at any moment leaves the
+previous complete checkpoints loadable; leftovers are ignored when listing and removed on the next save.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import pickle  # only for its exception type: nothing here unpickles anything
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+FORMAT_NAME = "ddpm-checkpoint"
+FORMAT_VERSION = 1  # bump when a reader of the previous version would misread a new checkpoint
+
+META = "meta.json"
+FILES = {  # Checkpoint field -> tensor file in the checkpoint directory
+    "model": "model.safetensors",
+    "ema": "ema.safetensors",
+    "optimizer": "optimizer.safetensors",
+    "tensors": "state.safetensors",
+}
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_LEFTOVER = re.compile(r"^\.(?:tmp|old)-(.+)-(\d+)$")  # a temp or replaced dir, tagged with its writer's pid
+_TAGS = ("__tensor__", "__tuple__", "__dict__", "__float__")  # JSON objects that stand for other values
+_CHUNK = 1 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weight file is missing parts, corrupt, of an unknown format, or unsafe."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume a run (or, with only ``model``, to sample from it)."""
+
+    step: int
+    config: dict[str, Any]                       # RunConfig.to_dict()
+    model: dict[str, torch.Tensor]               # network state_dict
+    ema: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None      # a torch.optim state_dict, restored to the exact structure
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)   # e.g. RNG states
+    extra: dict[str, Any] = field(default_factory=dict)              # JSON-able (data position, ...)
+
+
+# --- public API --------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int | None = None) -> Path:
+    """Atomically write ``ckpt`` to ``<run_dir>/checkpoints/step_<step:09d>`` and prune to ``keep``.
+
+    An existing checkpoint of the same step is replaced. With ``keep``, all but the newest ``keep``
+    complete checkpoints are deleted afterwards; the one just written is always kept, even when
+    checkpoints of later steps exist (e.g. after resuming from an earlier one).
+    """
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise CheckpointError(f"keep must be a positive int or None, got {keep!r}")
+    step = _check_step(ckpt.step)
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(ckpt_dir)
+    final = _write_checkpoint_dir(ckpt_dir / f"step_{step:09d}", ckpt)
+    if keep is not None:
+        _prune(ckpt_dir, keep, final)
+    return final
+
+
+def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor]) -> Path:
+    """Atomically write a model-only checkpoint directory at ``path`` (step 0, no optimizer)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(path.parent, only_name=path.name)
+    return _write_checkpoint_dir(path, Checkpoint(step=0, config=config, model=model_state))
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
+    """Load and validate a checkpoint directory, or the latest complete checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_file() and path.name == META:
+        path = path.parent
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint or run directory at {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; expected a checkpoint directory or a run directory")
+    if not (path / META).exists():
+        if _STEP_DIR.match(path.name):
+            raise CheckpointError(f"checkpoint {path} is incomplete: {META} is missing")
+        latest = latest_checkpoint(path)
+        if latest is None and path.name == "checkpoints":  # given the run's checkpoints/ folder itself
+            latest = latest_checkpoint(path.parent)
+        if latest is None:
+            raise FileNotFoundError(
+                f"no complete checkpoint in {path} (looked for {path / 'checkpoints'}/step_*/{META})"
+            )
+        path = latest
+    return _read_checkpoint_dir(path, map_location)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run (those with a meta.json), ordered by step."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for entry in ckpt_dir.iterdir():
+        m = _STEP_DIR.match(entry.name)
+        # only the final rename makes a step_ directory, so meta.json there means it is complete
+        if m and entry.is_dir() and (entry / META).is_file():
+            found.append((int(m.group(1)), entry))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint of the highest step in a run, or None."""
+    cps = list_checkpoints(run_dir)
+    return cps[-1] if cps else None
+
+
+def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a foreign ``.bin``/``.pt`` (or ``.safetensors``) weight file without running pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, "cpu")
+    try:
+        # weights_only=True: the unpickler only builds tensors and plain containers, never calls code
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and was not loaded "
+            f"(torch.load(weights_only=True) refused it: {_first_line(e)})"
+        ) from None
+    except Exception as e:  # a truncated zip, a foreign format, ...
+        raise CheckpointError(f"{path} could not be read as a torch weight file: {_first_line(e)}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}; expected a dict of tensors")
+    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-tensor entries {bad[:5]!r}; expected a flat dict of name -> tensor"
+        )
+    return dict(obj)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def _write_checkpoint_dir(final: Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` into a temp sibling of ``final``, fsync it, and rename it to ``final``."""
+    step = _check_step(ckpt.step)
+    # prepare and validate everything before touching the disk, so bad input leaves no trace
+    config = ckpt.config.to_dict() if hasattr(ckpt.config, "to_dict") else ckpt.config  # a RunConfig too
+    for what, value in (("config", config), ("extra", ckpt.extra)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"checkpoint {what} must be a dict, got {type(value).__name__}")
+        _jsonable(value, what)
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": _prepare(ckpt.model, "model")}
+    if ckpt.ema is not None:
+        groups["ema"] = _prepare(ckpt.ema, "ema")
+    opt_structure = None
+    if ckpt.optimizer is not None:
+        opt_tensors: dict[str, torch.Tensor] = {}
+        opt_structure = _encode(ckpt.optimizer, ("optimizer",), opt_tensors)
+        if opt_tensors:
+            groups["optimizer"] = _prepare(opt_tensors, "optimizer")
+    if ckpt.tensors:
+        groups["tensors"] = _prepare(ckpt.tensors, "tensors")
+
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():  # our own leftover from an earlier failed attempt
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files = {}
+        for key, tensors in groups.items():
+            name = FILES[key]
+            safetensors.torch.save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            files[name] = {
+                "sha256": _sha256_and_fsync(tmp / name),
+                "bytes": (tmp / name).stat().st_size,
+                "names": list(tensors),  # safetensors sorts its entries; this restores the dict's order
+            }
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "step": step,
+            "config": config,
+            "optimizer": opt_structure,
+            "extra": ckpt.extra,
+            "files": files,
+            "written_by": {"torch": torch.__version__, "safetensors": safetensors.__version__},
+        }
+        _write_json(tmp / META, meta)  # last: a directory with meta.json has all its files
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into_place(tmp, final)
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted after."""
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    moved_aside = False
+    try:
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(final, old)  # POSIX cannot rename a directory over a non-empty one
+            moved_aside = True
+        os.rename(tmp, final)
+    except BaseException:
+        if moved_aside and not final.exists():
+            try:  # put the previous checkpoint back so the failed save loses nothing
+                os.rename(old, final)
+            except OSError:
+                pass  # it stays as .old-*, removed by the next save
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(final.parent)  # make the rename itself durable
+    if moved_aside:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _prune(ckpt_dir: Path, keep: int, just_saved: Path) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, never the one just saved."""
+    others = [p for p in list_checkpoints(ckpt_dir.parent) if p != just_saved]
+    for path in others[: max(len(others) - (keep - 1), 0)]:
+        _remove_checkpoint(path)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that no half-deleted directory can ever be listed as complete."""
+    trash = path.parent / f".old-{path.name}-{os.getpid()}"
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(path, trash)  # atomic: from here on it is a leftover, not a checkpoint
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(directory: Path, only_name: str | None = None) -> None:
+    """Remove temp/replaced directories left by crashed writers (this process or dead ones)."""
+    for entry in directory.iterdir():
+        m = _LEFTOVER.match(entry.name)
+        if not m or (only_name is not None and m.group(1) != only_name):
+            continue
+        pid = int(m.group(2))
+        # a live pid may be another writer in the middle of a save: leave its directories alone
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def _check_step(step: Any) -> int:
+    """``step`` as a non-negative int, or a CheckpointError."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
+    return step
+
+
+def _prepare(tensors: Any, what: str) -> dict[str, torch.Tensor]:
+    """Detached, dense, contiguous tensors with no two sharing storage (safetensors refuses both)."""
+    if not isinstance(tensors, dict):
+        raise CheckpointError(f"{what} must be a dict of name -> tensor, got {type(tensors).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[str, int]] = set()
+    for name, t in tensors.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{what} has a non-string key {name!r}; tensor names must be strings")
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{what}[{name!r}] is a {type(t).__name__}, not a tensor")
+        if t.layout != torch.strided:
+            raise CheckpointError(f"{what}[{name!r}] is a {t.layout} tensor; only dense tensors can be saved")
+        t = t.detach().resolve_conj().resolve_neg()
+        if not t.is_contiguous():
+            t = t.contiguous()  # a copy with its own storage
+        key = (str(t.device), t.untyped_storage().data_ptr())
+        if t.numel() and key in seen:
+            t = t.clone(memory_format=torch.contiguous_format)  # shares storage with an earlier entry
+            key = (str(t.device), t.untyped_storage().data_ptr())
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+def _encode(obj: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON value standing for ``obj``; tensors are moved to ``tensors`` and referenced by name.
+
+    Tuples, non-string dict keys (the optimizer's int param ids) and non-finite floats get tagged
+    objects so that decoding gives back exactly the same structure and types.
+    """
+    where = "/".join(path)
+    if isinstance(obj, torch.Tensor):
+        name, n = where, 1
+        while name in tensors:
+            n += 1
+            name = f"{where}#{n}"
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:
+        return _encode(obj.item(), path, tensors)  # a numpy scalar, e.g. a learning rate from numpy
+    if isinstance(obj, list):
+        return [_encode(v, (*path, str(i)), tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, (*path, str(i)), tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, dict):
+        plain = all(isinstance(k, str) for k in obj) and not (len(obj) == 1 and next(iter(obj)) in _TAGS)
+        if plain:
+            return {k: _encode(v, (*path, k), tensors) for k, v in obj.items()}
+        return {"__dict__": [[_encode(k, (*path, "key"), tensors), _encode(v, (*path, str(k)), tensors)]
+                             for k, v in obj.items()]}
+    raise CheckpointError(
+        f"{where} is a {type(obj).__name__}; checkpoints store only tensors, numbers, strings, "
+        "None, lists, tuples and dicts"
+    )
+
+
+def _jsonable(value: Any, what: str) -> None:
+    """Check that ``value`` is plain JSON (no NaN/Inf, which standard JSON cannot hold)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {what} must be plain JSON (finite numbers, str keys): {e}") \
+            from None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON and fsync it."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, allow_nan=False))
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256_and_fsync(path: Path) -> str:
+    """SHA-256 of a file just written, after forcing it to disk."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in _chunks(f):
+            h.update(chunk)
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (new files, renames) durable."""
+    if os.name == "nt":  # Windows cannot open a directory; NTFS journals renames anyway
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # fs without directory fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def _read_checkpoint_dir(path: Path, map_location: str) -> Checkpoint:
+    """Validate meta.json and the tensor files' hashes, then load them."""
+    meta = _read_meta(path)
+    files = meta["files"]
+    for name, info in files.items():
+        _verify_file(path, name, info)
+    groups = {}
+    for key, name in FILES.items():
+        if name in files:
+            groups[key] = _in_order(_load_safetensors(path / name, map_location), files[name], path / name)
+    if "model" not in groups:
+        raise CheckpointError(f"checkpoint {path} lists no {FILES['model']} in {META}")
+    optimizer = None
+    if meta["optimizer"] is not None:
+        optimizer = _decode(meta["optimizer"], groups.get("optimizer", {}), path)
+    return Checkpoint(
+        step=meta["step"],
+        config=meta["config"],
+        model=groups["model"],
+        ema=groups.get("ema"),
+        optimizer=optimizer,
+        tensors=groups.get("tensors", {}),
+        extra=meta["extra"],
+    )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """Parse and check meta.json: format, version, step and the file table."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {META} is missing")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON (truncated or corrupt?): {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{meta_path} is not a {FORMAT_NAME!r} checkpoint (format: {found!r})")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{meta_path} has an unknown format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path} has format version {version}, newer than this ddpm reads ({FORMAT_VERSION}); "
+            "upgrade ddpm to load it"
+        )
+    missing = [k for k in ("step", "config", "optimizer", "extra", "files") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks the entries {missing}")
+    step = meta["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{meta_path} has an invalid step {step!r}")
+    m = _STEP_DIR.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(f"{meta_path} says step {step} but the directory is named {path.name}")
+    if not isinstance(meta["files"], dict) or not isinstance(meta["extra"], dict):
+        raise CheckpointError(f"{meta_path}: 'files' and 'extra' must be JSON objects")
+    unknown = set(meta["files"]) - set(FILES.values())
+    if unknown:  # also keeps a crafted meta.json from pointing outside the directory
+        raise CheckpointError(f"{meta_path} lists unknown files {sorted(unknown)}")
+    return meta
+
+
+def _verify_file(path: Path, name: str, info: Any) -> None:
+    """Check that a listed tensor file is present with the recorded size and SHA-256."""
+    file = path / name
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        raise CheckpointError(f"{path / META} has no sha256 for {name}")
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {path} is missing {name}")
+    size = file.stat().st_size
+    if "bytes" in info and size != info["bytes"]:
+        raise CheckpointError(f"{file} has {size} bytes, expected {info['bytes']}: truncated or corrupt")
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in _chunks(f):
+            h.update(chunk)
+    if h.hexdigest() != info["sha256"]:
+        raise CheckpointError(f"{file} is corrupt: its SHA-256 differs from the one recorded in {META}")
+
+
+def _load_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a malformed file is a CheckpointError naming it."""
+    try:
+        return safetensors.torch.load_file(str(file), device=map_location)
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
+
+
+def _in_order(tensors: dict[str, torch.Tensor], info: dict[str, Any], file: Path) -> dict[str, torch.Tensor]:
+    """The loaded tensors in the order they were saved, after checking that none is missing or extra."""
+    names = info.get("names", list(tensors))
+    if not isinstance(names, list) or sorted(names) != sorted(tensors):
+        raise CheckpointError(f"{file} holds tensors {sorted(tensors)}, but {META} lists {names}")
+    return {name: tensors[name] for name in names}
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
+    """Invert ``_encode``: rebuild tuples, non-string keys, non-finite floats and tensors."""
+    if isinstance(obj, list):
+        return [_decode(v, tensors, path) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        (tag, value), = obj.items()
+        if tag == "__tensor__":
+            if value not in tensors:
+                raise CheckpointError(f"{path / FILES['optimizer']} lacks the optimizer tensor {value!r}")
+            return tensors[value]
+        if tag == "__tuple__":
+            return tuple(_decode(v, tensors, path) for v in value)
+        if tag == "__dict__":
+            return {_decode(k, tensors, path): _decode(v, tensors, path) for k, v in value}
+        if tag == "__float__":
+            return float(value)
+    return {k: _decode(v, tensors, path) for k, v in obj.items()}
+
+
+def _chunks(f: Any) -> Iterator[bytes]:
+    """A binary file's contents in 1 MiB pieces."""
+    while chunk := f.read(_CHUNK):
+        yield chunk
+
+
+def _first_line(e: BaseException) -> str:
+    """The telling line of an exception's message (torch's can run to pages)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:  # torch's weights-only refusal names the forbidden global or opcode on such a line
+        if any(word in ln for word in ("GLOBAL", "Unsupported", "blocked", "not an allowed")):
+            return ln
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
