@@ -58,7 +58,7 @@ class MLPConfig:
         return self.dim * (2 if self.learn_sigma else 1)
 
 
-ModelConfig = Union[UNetConfig, MLPConfig]
+ModelConfig = UNetConfig | MLPConfig
 
 
 @dataclass(frozen=True)

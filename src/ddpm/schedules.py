@@ -1,0 +1,154 @@
+"""Fixed β schedules and every table derived from them, in float64 (Sec. 2, Eqs. 4, 6-7).
+
+Time runs t = 1..T as in the paper; tables are 0-indexed arrays whose entry t − 1 belongs to step t.
+``gather`` is the one place where that conversion happens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import ConfigError, DiffusionConfig, ScheduleName
+
+Tensor = torch.Tensor
+
+
+# --- β schedules -------------------------------------------------------------------------------
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """The paper's schedule: β increasing linearly from β_1 to β_T (Sec. 4)."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def quadratic_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """√β linear from √β_1 to √β_T (the official code's "quad")."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+
+
+def constant_betas(T: int, beta: float = 0.02) -> Tensor:
+    """β_t = β for every t."""
+    return torch.full((T,), beta, dtype=torch.float64)
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal (2021): ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2), β clipped at 0.999."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def make_betas(name: ScheduleName, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """β_1..β_T of a named schedule (``constant`` uses ``beta_end`` as its value)."""
+    if T < 1:
+        raise ConfigError(f"T (number of diffusion steps) must be >= 1, got {T}")
+    if name == "linear":
+        return linear_betas(T, beta_start, beta_end)
+    if name == "quadratic":
+        return quadratic_betas(T, beta_start, beta_end)
+    if name == "constant":
+        return constant_betas(T, beta_end)
+    if name == "cosine":
+        return cosine_betas(T)
+    raise ConfigError(f"unknown schedule {name!r}; expected one of linear, quadratic, constant, cosine")
+
+
+# --- derived tables ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Schedule:
+    """β_1..β_T and the float64 tables derived from it (index t − 1 holds step t)."""
+
+    betas: Tensor                       # β_t
+    alphas: Tensor                      # α_t = 1 − β_t
+    alpha_bar: Tensor                   # ᾱ_t = Π_{s≤t} α_s (Eq. 4)
+    alpha_bar_prev: Tensor              # ᾱ_{t−1}, with ᾱ_0 = 1
+    sqrt_alpha_bar: Tensor              # √ᾱ_t, mean coefficient of q(x_t|x_0)
+    sqrt_one_minus_alpha_bar: Tensor    # √(1 − ᾱ_t), std of q(x_t|x_0)
+    sqrt_recip_alpha_bar: Tensor        # 1/√ᾱ_t, for x̂₀ (Eq. 15)
+    sqrt_recipm1_alpha_bar: Tensor      # √(1/ᾱ_t − 1), for x̂₀ (Eq. 15)
+    beta_tilde: Tensor                  # β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t (Eq. 7)
+    beta_tilde_log_clipped: Tensor      # log β̃_t with β̃_1 (= 0) replaced by β̃_2
+    posterior_coef_x0: Tensor           # √ᾱ_{t−1} β_t/(1 − ᾱ_t), weight of x_0 in μ̃_t (Eq. 7)
+    posterior_coef_xt: Tensor           # √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t), weight of x_t in μ̃_t (Eq. 7)
+    timesteps: Tensor                   # 0-indexed step of the original chain that each step is (respacing)
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    @classmethod
+    def from_betas(cls, betas: Tensor | Sequence[float], timesteps: Tensor | None = None) -> Schedule:
+        """All tables from β_1..β_T; β must lie in (0, 1) and ᾱ must decrease."""
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 1:
+            raise ConfigError("a schedule needs T >= 1 betas, got none")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+            bad = betas[~((betas > 0) & (betas < 1))]
+            raise ConfigError(f"every β_t must lie in (0, 1); got values such as {bad[:3].tolist()}")
+        alphas = 1.0 - betas
+        alpha_bar = torch.cumprod(alphas, 0)
+        if (alpha_bar[1:] >= alpha_bar[:-1]).any():
+            raise ConfigError("ᾱ_t must be strictly decreasing in t (underflow in the schedule?)")
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        beta_tilde = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+        # β̃_1 = 0: the posterior at t = 1 is a point mass; the log uses β̃_2 there (as the official code)
+        log_clipped = torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]])) if betas.numel() > 1 else \
+            torch.log(betas.clone())
+        if timesteps is None:
+            timesteps = torch.arange(betas.numel(), dtype=torch.long)
+        return cls(
+            betas=betas,
+            alphas=alphas,
+            alpha_bar=alpha_bar,
+            alpha_bar_prev=alpha_bar_prev,
+            sqrt_alpha_bar=alpha_bar.sqrt(),
+            sqrt_one_minus_alpha_bar=(1.0 - alpha_bar).sqrt(),
+            sqrt_recip_alpha_bar=alpha_bar.rsqrt(),
+            sqrt_recipm1_alpha_bar=(1.0 / alpha_bar - 1.0).sqrt(),
+            beta_tilde=beta_tilde,
+            beta_tilde_log_clipped=log_clipped,
+            posterior_coef_x0=alpha_bar_prev.sqrt() * betas / (1.0 - alpha_bar),
+            posterior_coef_xt=alphas.sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),
+            timesteps=timesteps.to(torch.long),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: DiffusionConfig) -> Schedule:
+        """The schedule a diffusion config names."""
+        return cls.from_betas(make_betas(cfg.schedule, cfg.T, cfg.beta_start, cfg.beta_end))
+
+    def respace(self, use_steps: Sequence[int]) -> Schedule:
+        """A shorter chain on the paper-time steps ``use_steps`` (1..T) keeping ᾱ at those steps.
+
+        β'_k = 1 − ᾱ_{s_k}/ᾱ_{s_{k−1}}: the marginals q(x_s|x_0) are unchanged, so a network
+        trained on the full chain serves the respaced one (Nichol & Dhariwal 2021, Sec. 4).
+        """
+        steps = sorted(set(int(s) for s in use_steps))
+        if not steps or steps[0] < 1 or steps[-1] > self.T:
+            raise ConfigError(f"respaced steps must lie in 1..{self.T}, got {steps[:3]}...{steps[-3:]}")
+        alpha_bar = self.alpha_bar[torch.tensor(steps) - 1]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return Schedule.from_betas(1.0 - alpha_bar / prev, timesteps=self.timesteps[torch.tensor(steps) - 1])
+
+
+def spaced_steps(T: int, K: int) -> list[int]:
+    """K paper-time steps from 1..T, evenly spaced and always including T (for DDIM / respacing)."""
+    if not 1 <= K <= T:
+        raise ConfigError(f"steps must be in 1..{T}, got {K}")
+    if K == 1:
+        return [T]
+    # integer spacing (T − 1)/(K − 1) >= 1, so the K steps are distinct and include 1 and T
+    return [1 + (i * (T - 1)) // (K - 1) for i in range(K)]
+
+
+def gather(table: Tensor, t: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Entries t − 1 of a 0-indexed table for paper times t (B,), shaped (B, 1, ..., 1) to broadcast."""
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D tensor of paper times, got shape {tuple(t.shape)}")
+    out = table.to(t.device)[t.long() - 1].to(dtype)
+    return out.reshape(-1, *([1] * (ndim - 1)))
