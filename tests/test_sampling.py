@@ -1,0 +1,163 @@
+"""Algorithm 2, respacing, DDIM, reconstruction from a frozen x_t and interpolation."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, SharedNoise, randn
+from ddpm.sampling import (
+    ancestral_steps,
+    ddim_steps,
+    interpolate,
+    reconstruct_from,
+    run,
+    sample,
+    sample_generators,
+)
+from ddpm.schedules import Schedule, make_betas
+
+S = Schedule.from_betas(make_betas("linear", 1000))
+
+
+def gaussian_optimal_eps(m: float, var: float):
+    """E[ε | x_t] for data N(m, var): the exact optimal ε-network; ``step`` is the original chain's 0-indexed step."""
+
+    def model(x, step):
+        ab = S.alpha_bar.to(x.dtype)[step].reshape(-1, *([1] * (x.ndim - 1)))
+        return (1 - ab).sqrt() / (ab * var + 1 - ab) * (x - ab.sqrt() * m)
+
+    return model
+
+
+def linear_net(x, step):
+    return 0.5 * x + 1e-3 * step.float().reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@pytest.fixture
+def small_diffusion():
+    return GaussianDiffusion(Schedule.from_betas(make_betas("linear", 50, 1e-3, 0.2)))
+
+
+def test_same_seed_same_samples_other_seed_other_samples(small_diffusion):
+    a = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(0))
+    b = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(0))
+    c = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_per_sample_seeds_make_results_independent_of_batching(small_diffusion):
+    whole = sample(linear_net, small_diffusion, (4, 1, 2, 2), sample_generators(7, 0, 4))
+    first = sample(linear_net, small_diffusion, (2, 1, 2, 2), sample_generators(7, 0, 2))
+    second = sample(linear_net, small_diffusion, (2, 1, 2, 2), sample_generators(7, 2, 2))
+    assert torch.allclose(whole, torch.cat([first, second]), atol=1e-6)
+
+
+def test_every_step_is_observable_and_the_last_returns_the_mean(small_diffusion):
+    d = small_diffusion
+    x_T = randn((2, 1, 3, 3), torch.Generator().manual_seed(0))
+    steps = list(ancestral_steps(linear_net, d, x_T, torch.Generator().manual_seed(1)))
+    assert [s.t for s in steps] == list(range(50, 0, -1))
+    assert all(s.pred_x0.abs().max() <= 1 for s in steps)  # clipped x̂₀
+    x1 = steps[-2].x
+    mean = d.p_mean_var(linear_net, x1, torch.ones(2, dtype=torch.long), clip_denoised=True).mean
+    assert torch.equal(steps[-1].x, mean)  # Algorithm 2 returns μ_θ(x_1, 1) without noise
+
+
+def test_unclipped_sampling_is_allowed(small_diffusion):
+    x_T = 5 * torch.ones(1, 1, 2, 2)
+    last = list(ancestral_steps(lambda x, s: torch.zeros_like(x), small_diffusion, x_T, None, clip_denoised=False))
+    assert last[0].pred_x0.max() > 1
+
+
+def affine_prediction(m: float, var: float, t: int, steps: list[int], sampler: str, eta: float):
+    """Moments after one step, derived by hand: with the optimal ε every update is affine in x, x' = A x + b + σ z."""
+    k = steps.index(t)
+    a = S.alpha_bar[t - 1].item()
+    a_prev = S.alpha_bar[steps[k - 1] - 1].item() if k > 0 else 1.0
+    c = math.sqrt(1 - a) / (a * var + 1 - a)                       # ε̂ = c (x − √a m)
+    px, pb = (1 - math.sqrt(1 - a) * c) / math.sqrt(a), math.sqrt(1 - a) * c * m
+    ex, eb = c, -c * math.sqrt(a) * m                              # ε̂ = ex x + eb, x̂₀ = px x + pb
+    if sampler == "ddim":
+        sigma2 = eta**2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev) if k > 0 else 0.0
+        d = math.sqrt(max(1 - a_prev - sigma2, 0.0))
+        return math.sqrt(a_prev) * px + d * ex, math.sqrt(a_prev) * pb + d * eb, sigma2
+    beta = 1 - a / a_prev                                          # the respaced chain's β and β̃
+    coef_x0, coef_xt = math.sqrt(a_prev) * beta / (1 - a), math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)
+    sigma2 = (1 - a_prev) / (1 - a) * beta if k > 0 else 0.0
+    return coef_x0 * px + coef_xt, coef_x0 * pb, sigma2
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("ancestral", 100, 0.0), ("ancestral", 20, 0.0), ("ddim", 10, 0.0),
+                                                ("ddim", 50, 0.0), ("ddim", 100, 1.0)])
+def test_fast_samplers_match_hand_derived_moments_on_gaussian_data(sampler, steps, eta):
+    """Respaced ancestral and DDIM sampling with the exact optimal ε for N(m, s²) data.
+
+    Every step is then affine in x, so the samples' mean and variance follow from propagating N(0, 1) through
+    the hand-derived maps; few steps shrink the variance (a real discretization error, not sampling noise).
+    """
+    from ddpm.schedules import spaced_steps
+
+    m, var = 0.3, 0.25
+    d = GaussianDiffusion(S, "eps", "fixed_beta_tilde")
+    x = sample(gaussian_optimal_eps(m, var), d, (4000, 4), torch.Generator().manual_seed(3), sampler=sampler,
+               steps=steps, eta=eta, clip_denoised=False)
+    kept = spaced_steps(1000, steps)
+    mean_ref, var_ref = 0.0, 1.0
+    for t in reversed(kept):
+        A, b, sigma2 = affine_prediction(m, var, t, kept, sampler, eta)
+        mean_ref, var_ref = A * mean_ref + b, A * A * var_ref + sigma2
+    n = x.numel()
+    assert x.mean().item() == pytest.approx(mean_ref, abs=4 * math.sqrt(var_ref / n))
+    assert x.var().item() == pytest.approx(var_ref, abs=4 * var_ref * math.sqrt(2 / n))
+    if steps >= 100:
+        assert var_ref == pytest.approx(var, rel=0.15)  # and with enough steps, close to the data's
+
+
+def test_ddim_with_eta_zero_is_deterministic_given_x_T():
+    d = GaussianDiffusion(S).respaced([1, 250, 500, 750, 1000])
+    x_T = randn((2, 3), torch.Generator().manual_seed(0))
+    a = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, torch.Generator().manual_seed(1)))
+    b = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, torch.Generator().manual_seed(2)))
+    assert torch.equal(a, b)
+
+
+def test_respaced_chain_feeds_the_network_the_original_steps():
+    seen = []
+
+    def spy(x, step):
+        seen.append(step[0].item())
+        return torch.zeros_like(x)
+
+    d = GaussianDiffusion(S).respaced([1, 500, 1000])
+    sample(spy, d, (1, 2), torch.Generator().manual_seed(0))
+    assert seen == [999, 499, 0]
+
+
+def test_reconstructions_share_one_frozen_x_t(small_diffusion):
+    x0 = torch.zeros(1, 1, 4, 4)
+    x_t, recs = reconstruct_from(linear_net, small_diffusion, x0, t=25, n=5, generator=torch.Generator().manual_seed(0))
+    assert x_t.shape == (1, 1, 4, 4) and recs.shape == (5, 1, 4, 4)
+    assert not torch.allclose(recs[0], recs[1])  # different reverse noise, same x_t
+    with pytest.raises(ValueError, match="t must be"):
+        reconstruct_from(linear_net, small_diffusion, x0, t=51, n=2)
+
+
+def test_interpolation_endpoints_decode_each_image(small_diffusion):
+    d = small_diffusion
+    a, b = -0.5 * torch.ones(1, 1, 2, 2), 0.5 * torch.ones(1, 1, 2, 2)
+    lambdas = [0.0, 0.5, 1.0]
+    out = interpolate(linear_net, d, a, b, t=20, lambdas=lambdas, generator=torch.Generator().manual_seed(4))
+    assert out.shape == (3, 1, 2, 2)
+    # endpoint λ = 0 equals decoding x_a's encoding alone with the same noise stream
+    g = torch.Generator().manual_seed(4)
+    noise = randn((1, 1, 2, 2), g)
+    x_t_a = d.q_sample(a, torch.tensor([20]), noise)
+    alone = run(ancestral_steps(linear_net, d, x_t_a, SharedNoise(g), True, t_start=20))
+    assert torch.allclose(out[0], alone[0], atol=1e-6)
+    assert out[0].mean() < out[1].mean() < out[2].mean()
+
+
+def test_unknown_sampler_is_an_error(small_diffusion):
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(linear_net, small_diffusion, (1, 2), sampler="euler")  # type: ignore[arg-type]
