@@ -1,0 +1,91 @@
+"""Shared pieces: split checks, the fixed held-out split, and in-memory datasets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .errors import DataError
+from .levels import check_levels, from_uint8
+
+Split = Literal["train", "test"]
+
+
+def check_split(split: str) -> Split:
+    """Return ``split`` if it is 'train' or 'test', else raise DataError."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    return split  # type: ignore[return-value]
+
+
+def check_image_config(image_size: int, channels: int, source: str) -> None:
+    """Raise DataError naming ``source`` unless image_size >= 1 and channels is 1 or 3."""
+    if channels not in (1, 3):
+        raise DataError(f"{source}: data.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if image_size < 1:
+        raise DataError(f"{source}: data.image_size must be >= 1, got {image_size}")
+
+
+def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: int,
+                     source: str) -> np.ndarray:
+    """Sorted indices of one split of ``n`` items; the test split is the first round(f*n) of a permutation.
+
+    This is the rule of ``digits_arrays``; the split never changes for the same (n, fraction, seed).
+    """
+    check_split(split)
+    if not 0.0 < held_out_fraction < 1.0:
+        raise DataError(f"{source}: data.held_out_fraction must be in (0, 1), got {held_out_fraction}")
+    order = np.random.default_rng(split_seed).permutation(n)
+    n_test = int(round(held_out_fraction * n))
+    idx = np.sort(order[:n_test] if split == "test" else order[n_test:])
+    if len(idx) == 0:
+        raise DataError(
+            f"{source}: the {split} split is empty ({n} items, held_out_fraction={held_out_fraction})"
+        )
+    return idx
+
+
+class ArrayImageDataset(Dataset[Tensor]):
+    """Images held in memory as uint8 levels (N, C, H, W); items are float32 (C, H, W) in [-1, 1]."""
+
+    def __init__(self, images: np.ndarray | Tensor, levels: int, labels: np.ndarray | None = None,
+                 source: str = "") -> None:
+        self.levels = check_levels(levels)
+        self.images = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.uint8)
+        if self.images.ndim != 4:
+            raise DataError(f"{source}: expected images (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.images.numel() and int(self.images.max()) >= self.levels:
+            raise DataError(f"{source}: pixel values exceed the {levels} levels")
+        self.labels = labels
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return from_uint8(self.images[i], self.levels)
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        return f"{type(self).__name__}({self.source!r}, n={n}, shape=({c}, {h}, {w}), levels={self.levels})"
+
+
+class PointDataset(Dataset[Tensor]):
+    """Points held in memory (N, D) float32; items are (D,) tensors."""
+
+    def __init__(self, points: Tensor, source: str = "") -> None:
+        self.points = points.to(torch.float32).contiguous()
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.points[i]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r}, n={len(self)}, dim={self.points.shape[1]})"

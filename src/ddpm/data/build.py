@@ -1,0 +1,76 @@
+"""``build_dataset``: one entry point from a ``DataConfig`` to a deterministic, eagerly validated Dataset."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from .base import ArrayImageDataset, check_image_config, check_split
+from .cifar10 import load_cifar10
+from .decode import Check
+from .digits import digits_dataset
+from .errors import DataError
+from .folder import ImageFolderDataset
+from .levels import check_levels, requantize
+from .lsun import LMDBImageDataset
+from .npz import load_npz
+from .toy2d import toy2d_dataset
+from .transforms import fit_array_images
+
+log = logging.getLogger(__name__)
+
+
+def _array_dataset(images: np.ndarray, labels: np.ndarray | None, cfg: DataConfig, levels: int,
+                   source: str) -> ArrayImageDataset:
+    """8-bit images (N, H, W, C) fitted to the config (channels, crop, resize) and requantized."""
+    fitted = fit_array_images(images, cfg.image_size, cfg.channels, source)
+    return ArrayImageDataset(requantize(fitted, 256, levels), levels, labels, source)
+
+
+def _need_path(cfg: DataConfig, what: str) -> str:
+    if cfg.path is None:
+        raise DataError(f"dataset {cfg.dataset!r} needs data.path: {what}")
+    return cfg.path
+
+
+def build_dataset(cfg: DataConfig, split: Literal["train", "test"], levels: int, *,
+                  skip_bad: bool = False, check: Check = "header") -> Dataset[Tensor]:
+    """The ``split`` of the configured source; items are float32 in [-1, 1] at ``levels`` levels.
+
+    Images are (cfg.channels, cfg.image_size, cfg.image_size); toy2d items are (2,) points (levels,
+    image_size and channels do not apply). The source is checked here, so a bad source fails before
+    any training state changes. ``skip_bad`` and ``check`` apply to 'folder' and 'lmdb' (see
+    ``ImageFolderDataset``).
+    """
+    check_split(split)
+    if cfg.download and cfg.dataset != "cifar10":
+        log.warning("data.download is ignored for dataset %r (only cifar10 downloads)", cfg.dataset)
+    if cfg.dataset == "toy2d":
+        return toy2d_dataset(split, cfg.split_seed)
+    levels = check_levels(levels)
+    check_image_config(cfg.image_size, cfg.channels, cfg.dataset)
+    ds: Dataset[Tensor]
+    if cfg.dataset == "digits":
+        ds = digits_dataset(split, levels, cfg.image_size, cfg.channels, cfg.held_out_fraction,
+                            cfg.split_seed)
+    elif cfg.dataset == "cifar10":
+        images, labels, src = load_cifar10(cfg.path, split, cfg.download)
+        ds = _array_dataset(images, labels, cfg, levels, str(src))
+    elif cfg.dataset == "npz":
+        images, labels_, where = load_npz(cfg.path, split, cfg.held_out_fraction, cfg.split_seed)
+        ds = _array_dataset(images, labels_, cfg, levels, where)
+    elif cfg.dataset == "folder":
+        ds = ImageFolderDataset(_need_path(cfg, "a folder of images"), cfg.image_size, cfg.channels, levels,
+                                split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
+    elif cfg.dataset == "lmdb":
+        ds = LMDBImageDataset(_need_path(cfg, "an LMDB database folder"), cfg.image_size, cfg.channels,
+                              levels, split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; known: digits, cifar10, folder, lmdb, npz, toy2d")
+    log.info("built %r", ds)
+    return ds

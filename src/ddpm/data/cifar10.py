@@ -1,0 +1,198 @@
+"""CIFAR-10 from the standard python archive (or its extracted folder), read with a restricted unpickler."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import tarfile
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .base import check_split
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+# --- a restricted unpickler: numpy arrays, nothing else ----------------------------------------
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 batch may name: numpy's array reconstructors, ndarray and dtype."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):  # pickles name numpy 1.x or 2.x module paths
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct  # protocols 0-4
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # protocol 5
+    return allowed
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside the allowed few."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose ``find_class`` refuses every global except numpy's array reconstruction."""
+
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise RefusedGlobal(f"global '{module}.{name}' is not allowed")
+        return obj
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise RefusedGlobal("persistent ids are not allowed")
+
+
+def safe_unpickle(data: bytes, name: str) -> Any:
+    """Unpickle ``data`` with ``RestrictedUnpickler`` (Python 2 strings as bytes); errors name ``name``."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise DataError(
+            f"{name}: refused to unpickle ({e}); a CIFAR-10 batch holds only dicts, lists, bytes and "
+            "numpy arrays"
+        ) from e
+    except Exception as e:
+        raise DataError(f"{name}: damaged CIFAR-10 batch, cannot unpickle it ({type(e).__name__}: {e})") \
+            from e
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+def _field(batch: dict[Any, Any], key: str, name: str) -> Any:
+    for k in (key, key.encode()):
+        if k in batch:
+            return batch[k]
+    raise DataError(f"{name}: the batch has no {key!r} entry (keys: {sorted(map(str, batch))})")
+
+
+def parse_batch(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (N,) int64 of one unpickled batch."""
+    if not isinstance(batch, dict):
+        raise DataError(f"{name}: expected a dict, got {type(batch).__name__}")
+    data, labels = _field(batch, "data", name), _field(batch, "labels", name)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{name}: 'data' must be a uint8 array (N, 3072), got {got}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name}: 'labels' must be a list of integers ({e})") from e
+    if labels.shape != (len(data),) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+        raise DataError(f"{name}: 'labels' must be {len(data)} integers in 0..9, got shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _read_folder(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    out = {}
+    for n in names:
+        p = folder / n
+        if not p.is_file():
+            raise DataError(f"{p}: missing CIFAR-10 batch")
+        out[str(p)] = p.read_bytes()
+    return out
+
+
+def _read_archive(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The named batches' bytes, read from the tar without extracting anything to disk."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                base = PurePosixPath(member.name).name
+                if member.isfile() and base in names and base not in found:
+                    f = tar.extractfile(member)
+                    found[base] = f.read() if f is not None else b""
+                    if len(found) == len(names):
+                        break
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{archive}: damaged CIFAR-10 archive ({type(e).__name__}: {e})") from e
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DataError(f"{archive}: missing CIFAR-10 batch(es) {[f'{FOLDER_NAME}/{n}' for n in missing]}")
+    return {f"{archive}:{FOLDER_NAME}/{n}": found[n] for n in names}
+
+
+# --- locating and downloading --------------------------------------------------------------------
+
+def download_cifar10(dest: Path) -> Path:
+    """Download the archive from the official URL to ``dest``, verify its md5, and return ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    md5 = hashlib.md5(usedforsecurity=False)
+    log.info("downloading %s to %s", CIFAR10_URL, dest)
+    try:
+        with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response, open(part, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                md5.update(chunk)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{dest}: downloading {CIFAR10_URL} failed ({e})") from e
+    if md5.hexdigest() != CIFAR10_MD5:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"{dest}: the download from {CIFAR10_URL} has md5 {md5.hexdigest()}, expected {CIFAR10_MD5}"
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def locate_cifar10(path: str | os.PathLike[str] | None, download: bool = False) -> Path:
+    """The archive or batches folder that ``path`` names (the .tar.gz, the folder, or their parent).
+
+    Downloads into ``path`` only when nothing is there and ``download`` is True.
+    """
+    if path is None:
+        raise DataError(
+            f"dataset 'cifar10' needs data.path: {ARCHIVE_NAME}, the {FOLDER_NAME} folder or its parent "
+            "(with data.download=True it is downloaded there)"
+        )
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if p.name == FOLDER_NAME or any((p / n).exists() for n in (*BATCHES["train"], *BATCHES["test"])):
+            return p
+        if (p / FOLDER_NAME).is_dir():
+            return p / FOLDER_NAME
+        if (p / ARCHIVE_NAME).is_file():
+            return p / ARCHIVE_NAME
+    if not download:
+        raise DataError(
+            f"{p}: no CIFAR-10 data found (expected {ARCHIVE_NAME}, a {FOLDER_NAME} folder, or a folder "
+            f"holding one); set data.download=True to download it from {CIFAR10_URL}"
+        )
+    return download_cifar10(p if p.name.endswith((".tar.gz", ".tgz")) else p / ARCHIVE_NAME)
+
+
+def load_cifar10(path: str | os.PathLike[str] | None, split: str,
+                 download: bool = False) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Images (N, 32, 32, 3) uint8, labels (N,) and the source path of one split (train: 50k, test: 10k)."""
+    names = BATCHES[check_split(split)]
+    src = locate_cifar10(path, download)
+    raw = _read_folder(src, names) if src.is_dir() else _read_archive(src, names)
+    parts = [parse_batch(safe_unpickle(data, name), name) for name, data in raw.items()]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return images, labels, src

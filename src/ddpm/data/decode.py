@@ -1,0 +1,132 @@
+"""Checking and decoding encoded images (files or bytes) with PIL, shared by folders and LMDB databases."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .base import check_image_config
+from .errors import DataError
+from .levels import check_levels, from_uint8, requantize
+from .transforms import check_min_size, fit_square
+
+log = logging.getLogger(__name__)
+
+Check = Literal["header", "decode"]
+ImageSource = str | bytes  # a file path or the encoded bytes
+
+# 8-bit modes with a sensible RGB / grey conversion; 16-bit, 32-bit int and float modes are refused
+CONVERTIBLE_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+
+def _open(src: ImageSource) -> Image.Image:
+    return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+
+
+def _check_mode(mode: str, name: str) -> None:
+    if mode not in CONVERTIBLE_MODES:
+        raise DataError(
+            f"{name}: image mode {mode!r} has no sensible 8-bit RGB/grey conversion "
+            f"(supported: {sorted(CONVERTIBLE_MODES)}); convert it to 8-bit first"
+        )
+
+
+def check_image(src: ImageSource, name: str, image_size: int, check: Check = "header") -> None:
+    """Raise DataError naming ``name`` if the image is undecodable, of an unsupported mode, or too small.
+
+    ``check="header"`` parses the header and runs PIL's ``verify()`` (cheap; a truncated JPEG passes it
+    and fails later when decoded); ``check="decode"`` decodes every pixel.
+    """
+    try:
+        with _open(src) as img:
+            mode, (width, height) = img.mode, img.size
+            if check == "decode":
+                img.load()
+            else:
+                img.verify()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
+    _check_mode(mode, name)
+    check_min_size(height, width, image_size, name)
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as mode "L" (channels=1) or "RGB" (channels=3); transparency is composited over white."""
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        white.alpha_composite(img.convert("RGBA"))
+        img = white
+    return img if img.mode == target else img.convert(target)
+
+
+def decode_image(src: ImageSource, name: str, image_size: int, channels: int) -> np.ndarray:
+    """One image as uint8 (channels, image_size, image_size): EXIF-rotated, converted, cropped, resized."""
+    try:
+        with _open(src) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Exception as e:
+        raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
+    _check_mode(img.mode, name)
+    check_min_size(img.height, img.width, image_size, name)
+    arr = np.asarray(fit_square(to_channels(img, channels), image_size), dtype=np.uint8)
+    return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def validate_images(names: Sequence[str], source_of: Callable[[int], ImageSource], image_size: int,
+                    check: Check, skip_bad: bool) -> list[int]:
+    """Indices of the images passing ``check_image``: a bad one raises (or, with skip_bad, is logged)."""
+    if check not in ("header", "decode"):
+        raise DataError(f"check must be 'header' or 'decode', got {check!r}")
+    good = []
+    for i, name in enumerate(names):
+        try:
+            check_image(source_of(i), name, image_size, check)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping a bad image: %s", e)
+            continue
+        good.append(i)
+    return good
+
+
+class EncodedImageDataset(Dataset[Tensor]):
+    """Encoded 8-bit images decoded lazily; items are float32 (C, H, W) in [-1, 1] at ``levels`` levels.
+
+    Subclasses set ``names`` (one per item, used in error messages) and implement ``source_of``.
+    """
+
+    names: Sequence[str]
+
+    def __init__(self, image_size: int, channels: int, levels: int, source: str) -> None:
+        check_image_config(image_size, channels, source)
+        self.image_size, self.channels = image_size, channels
+        self.levels = check_levels(levels)
+        self.source = source
+
+    def source_of(self, i: int) -> ImageSource:
+        """The path or encoded bytes of item ``i``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> Tensor:
+        arr = decode_image(self.source_of(i), self.names[i], self.image_size, self.channels)
+        return from_uint8(requantize(arr, 256, self.levels), self.levels)
+
+    def __repr__(self) -> str:
+        shape = (self.channels, self.image_size, self.image_size)
+        return f"{type(self).__name__}({self.source!r}, n={len(self)}, shape={shape}, levels={self.levels})"

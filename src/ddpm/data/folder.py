@@ -1,0 +1,66 @@
+"""Any folder of images, searched recursively, with a fixed held-out split."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .base import held_out_indices
+from .decode import Check, EncodedImageDataset, ImageSource, validate_images
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursive, extension case-insensitive, hidden entries skipped), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath, f))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+class ImageFolderDataset(EncodedImageDataset):
+    """Images of a folder (recursively), center-cropped to a square and resized to ``image_size``.
+
+    Files are sorted by relative path and split by ``held_out_indices`` (a folder has no split of
+    its own). At construction every file of the split is checked (``check="header"``: PIL's
+    ``verify()``, mode and size; ``check="decode"``: a full decode, slower but also catches truncated
+    JPEGs); pixels are decoded lazily in ``__getitem__``. A bad file (undecodable, truncated,
+    unsupported mode, smaller than ``image_size``) raises DataError naming it, or with
+    ``skip_bad=True`` is logged (``logging.WARNING``) and left out.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
+                 split: str = "train", held_out_fraction: float = 0.1, split_seed: int = 0,
+                 skip_bad: bool = False, check: Check = "header") -> None:
+        self.root = Path(root).expanduser()
+        super().__init__(image_size, channels, levels, source=str(self.root))
+        if not self.root.is_dir():
+            raise DataError(
+                f"{self.root}: not a folder (data.path of dataset 'folder' must be a folder of images)"
+            )
+        files = list_images(self.root)
+        if not files:
+            raise DataError(
+                f"{self.root}: no images found (searched recursively for {sorted(IMAGE_EXTENSIONS)})"
+            )
+        idx = held_out_indices(len(files), split, held_out_fraction, split_seed, str(self.root))
+        paths = [str(files[i]) for i in idx]
+        good = validate_images(paths, paths.__getitem__, image_size, check, skip_bad)
+        if len(good) < len(paths):
+            log.warning("%s: skipped %d of %d images of the %s split", self.root, len(paths) - len(good),
+                        len(paths), split)
+        if not good:
+            raise DataError(f"{self.root}: no readable images in the {split} split")
+        self.names = [paths[i] for i in good]
+
+    def source_of(self, i: int) -> ImageSource:
+        """The path of item ``i``."""
+        return self.names[i]
