@@ -215,6 +215,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an object, got {value!r}")
         return from_dict(tp, value, where)
     if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a single number given for a list, e.g. --attn_resolutions 16
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         (elem, *_rest) = get_args(tp)
