@@ -50,6 +50,12 @@ def py2_pickle(obj: Any) -> bytes:
     return buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
 
 
+def test_python3_protocol2_pickles_load() -> None:
+    batch = fake_batch(0)
+    loaded = cifar_mod.safe_unpickle(pickle.dumps(batch, protocol=2), "b")  # bytes via _codecs.encode
+    assert np.array_equal(loaded[b"data"], batch[b"data"]) and loaded[b"batch_label"] == "batch 0"
+
+
 def write_folder(root: Path, py2: bool = True) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -153,6 +159,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path, form: str) -> N
     pickle.dumps(Exception("x")),
     b"\x80\x04cbuiltins\neval\n(V1+1\ntR.",
     b"\x80\x04csubprocess\nPopen\n(]tR.",
+    b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.",  # only latin-1 is allowed
     pickle.dumps(np.float64(1.0)),  # numpy scalars need numpy's `scalar`: not on the list
 ])
 def test_only_numpy_array_globals_are_allowed(payload: bytes) -> None:

@@ -29,15 +29,23 @@ BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("tes
 
 # --- a restricted unpickler: numpy arrays, nothing else ----------------------------------------
 
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """Stands in for ``_codecs.encode`` (Python 3 pickles of protocol <= 2 store bytes so): latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedGlobal("'_codecs.encode' is allowed only as encode(str, 'latin1')")
+    return text.encode("latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR-10 batch may name: numpy's array reconstructors, ndarray and dtype."""
+    """The only globals a batch may name: numpy's array reconstructors, ndarray, dtype, latin-1 bytes."""
     try:
         from numpy._core.multiarray import _reconstruct
         from numpy._core.numeric import _frombuffer
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
         from numpy.core.numeric import _frombuffer
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_bytes}
     for core in ("numpy.core", "numpy._core"):  # pickles name numpy 1.x or 2.x module paths
         allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct  # protocols 0-4
         allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # protocol 5
@@ -49,7 +57,7 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler whose ``find_class`` refuses every global except numpy's array reconstruction."""
+    """An unpickler whose ``find_class`` refuses every global except those numpy arrays and bytes need."""
 
     _allowed = _allowed_globals()
 

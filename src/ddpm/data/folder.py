@@ -34,7 +34,9 @@ class ImageFolderDataset(EncodedImageDataset):
     ``verify()``, mode and size; ``check="decode"``: a full decode, slower but also catches truncated
     JPEGs); pixels are decoded lazily in ``__getitem__``. A bad file (undecodable, truncated,
     unsupported mode, smaller than ``image_size``) raises DataError naming it, or with
-    ``skip_bad=True`` is logged (``logging.WARNING``) and left out.
+    ``skip_bad=True`` is logged (``logging.WARNING``) and left out. A file that passes the header check
+    but fails to decode later raises DataError naming it in ``__getitem__`` (use ``check="decode"``
+    to find such files up front).
     """
 
     def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
