@@ -344,6 +344,15 @@ def test_default_inception_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     import torchmetrics.image.fid
 
+    import ddpm.evaluation.fid as fid_module
+
+    shapes = []
+
+    def spy(mu1, sigma1, mu2, sigma2):  # a 2048-dim eigendecomposition is seconds; not what this checks
+        shapes.append((mu1.shape, sigma1.shape, mu2.shape, sigma2.shape))
+        return float(np.sum((mu1 - mu2) ** 2))
+
+    monkeypatch.setattr(fid_module, "frechet_distance", spy)
     monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
     monkeypatch.setattr(torchmetrics.image.fid, "NoTrainInceptionV3", _FakeInception)
     _FakeInception.instances.clear()
@@ -354,6 +363,7 @@ def test_default_inception_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert net.args == ("inception-v3-compat", ["2048", "logits_unbiased"], str(weights))
     assert len(net.inputs) == 2 + 2  # one forward per batch serves both FID and IS
     assert all(x.shape[1] == 3 and x.dtype == torch.uint8 for x in net.inputs)  # grey repeated to RGB
+    assert shapes == [((2048,), (2048, 2048), (2048,), (2048, 2048))]
     assert result.feature_dim == 2048 and result.extractor.startswith("inception-v3")
     assert result.fid > 0 and result.inception_score_mean is not None
     assert result.inception_score_mean >= 1.0
