@@ -1,0 +1,396 @@
+"""Algorithm 1 as a trainer: the paper's recipe (Adam, warm-up, clipping, EMA, flips), crash-safe checkpoints,
+exact resumption, DDP across processes, and logs (progress bar, CSV, TensorBoard, EMA sample grids).
+
+Determinism: the global batch of step k (its examples, t and ε) is a function of (seed, k) alone, so a
+resumed run repeats an uninterrupted one exactly and N processes see the same global batch as one process.
+Only random flips and dropout are drawn per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import ConfigError, RunConfig
+from ..data import build_dataset, random_flip
+from ..diffusion import GaussianDiffusion, randn
+from ..images import save_grid
+from ..nets import build_model
+from ..sampling import sample
+from .distributed import ProcessGroup, all_ranks_ok, barrier, device_for, init_distributed
+from .ema import EMA
+
+log = logging.getLogger(__name__)
+
+# fields that may change when a run is resumed: they do not change what is being trained
+RESUMABLE_CHANGES = {
+    "train.total_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.num_workers", "train.compile", "data.path", "data.download",
+}
+GRID_SAMPLES = 64
+GRID_STEPS = 100  # periodic grids use a respaced 100-step ancestral chain to stay cheap
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient was NaN or infinite; training stopped before changing any weight."""
+
+
+@dataclass
+class TrainResult:
+    """What a training call did."""
+
+    run_dir: Path
+    start_step: int
+    step: int
+    losses: list[float] = field(default_factory=list)  # mean loss of each step run by this call
+    skipped_steps: int = 0
+
+
+# --- the pieces of Algorithm 1, each a small function -------------------------------------------
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to the base learning rate over ``warmup_steps`` steps, then constant (Appendix B)."""
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The generator of one step's global randomness (t, ε, the data order), a function of (seed, step)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Indices of the global batch at ``step``: epochs are seeded permutations, the last partial batch dropped."""
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the dataset ({n} examples)")
+    epoch, j = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return perm[j * batch_size:(j + 1) * batch_size]
+
+
+class _StepBatches(torch.utils.data.Sampler[list[int]]):
+    """This process's share of every global batch from ``start`` on (contiguous slices of the global batch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int, group: ProcessGroup) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.end, self.group = n, batch_size, seed, start, end, group
+
+    def __iter__(self) -> Iterator[list[int]]:
+        local = self.batch_size // self.group.world_size
+        lo = self.group.rank * local
+        for step in range(self.start, self.end):
+            yield batch_indices(step, self.n, self.batch_size, self.seed)[lo:lo + local].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def check_resume_config(requested: RunConfig, saved: dict[str, Any]) -> None:
+    """A resumed run must train the same thing: differences outside RESUMABLE_CHANGES are an error."""
+    diffs = [d for d in config_differences(requested.to_dict(), saved) if d not in RESUMABLE_CHANGES]
+    if diffs:
+        raise ConfigError(
+            "the config contradicts the checkpoint being resumed in "
+            + ", ".join(f"{d} (checkpoint: {_lookup(saved, d)!r})" for d in diffs)
+        )
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains one run directory; everything that can be wrong is checked before any state changes."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
+                 progress: bool = True, dataset: Dataset | None = None) -> None:
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        tc = cfg.train
+        self.device = device_for(device)
+        self.group = init_distributed(self.device)
+        self.device = device_for(device, self.group.local_rank)
+        if tc.batch_size % self.group.world_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the number of processes "
+                              f"({self.group.world_size})")
+        # data first: a missing or corrupt dataset is an error before anything is written
+        self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train", cfg.diffusion.levels)
+        if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
+            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
+        self.resume_from = self._resume_checkpoint(resume)
+        if self.resume_from is not None:
+            check_resume_config(cfg, self.resume_from.config)
+
+        torch.manual_seed(tc.seed)  # the same initial weights in every process
+        self.net = build_model(cfg.model).to(self.device)
+        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.ema = EMA(self.net, tc.ema_decay)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=tc.lr)
+        self.step = 0
+        self.skipped = 0
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        else:
+            torch.manual_seed(tc.seed + 1 + self.group.rank)  # dropout streams, distinct per process
+        self.model = self._wrap(self.net)
+
+    # setup
+    def _resume_checkpoint(self, resume: bool) -> Checkpoint | None:
+        existing = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if resume:
+            if existing is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
+            return load_checkpoint(existing)
+        if existing is not None:
+            raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing.name}); pass --resume to "
+                              "continue that run or choose another --out")
+        return None
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.net.load_state_dict(ckpt.model)
+        if ckpt.ema is not None:
+            self.ema.load_state_dict(ckpt.ema)
+        if ckpt.optimizer is not None:
+            self.opt.load_state_dict(ckpt.optimizer)
+        self.step = ckpt.step
+        self.skipped = int(ckpt.extra.get("skipped_steps", 0))
+        key = f"torch_rng_rank{self.group.rank}"
+        if key in ckpt.tensors:
+            torch.set_rng_state(ckpt.tensors[key])
+        else:
+            torch.manual_seed(self.cfg.train.seed + 1 + self.group.rank + ckpt.step)
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        model: nn.Module = net
+        if self.group.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.cfg.train.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        return model
+
+    # the loop
+    def run(self) -> TrainResult:
+        """Train until ``train.total_steps``; checkpoints, logs and grids go into the run directory."""
+        tc = self.cfg.train
+        result = TrainResult(self.run_dir, self.step, self.step)
+        if self.group.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        logger = _Logger(self.run_dir, self.group.is_main, resume=self.resume_from is not None)
+        loader = DataLoader(self.dataset, batch_sampler=_StepBatches(len(self.dataset), tc.batch_size, tc.seed,
+                                                                    self.step, tc.total_steps, self.group),
+                            num_workers=tc.num_workers,
+                            generator=torch.Generator().manual_seed(tc.seed))  # leaves the global RNG to dropout
+        bar = tqdm(total=tc.total_steps, initial=self.step, disable=not (self.progress and self.group.is_main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        window = _Window()
+        self.net.train()
+        try:
+            for x0 in loader:
+                loss = self._train_step(x0.to(self.device), window)
+                result.losses.append(loss)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{window.img_per_s():.1f}", refresh=False)
+                if self.step % tc.log_every == 0 or self.step == tc.total_steps:
+                    logger.write(self.step, window.summary(self._lr(self.step - 1)))
+                    window = _Window()
+                if tc.sample_every and self.step % tc.sample_every == 0:
+                    self._sample_grid()
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.total_steps:
+                    self.save()
+        finally:
+            bar.close()
+            logger.close()
+        result.step, result.skipped_steps = self.step, self.skipped
+        return result
+
+    def _lr(self, step: int) -> float:
+        return lr_at(step, self.cfg.train.lr, self.cfg.train.warmup_steps)
+
+    def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """t ~ U{1..T} and ε ~ N(0, I) for the whole global batch of this step, then this process's slice."""
+        tc, g = self.cfg.train, step_generator(self.cfg.train.seed, self.step)
+        t = self.diffusion.sample_t(tc.batch_size, g)
+        noise = randn((tc.batch_size, *shape), g)
+        local = tc.batch_size // self.group.world_size
+        sl = slice(self.group.rank * local, (self.group.rank + 1) * local)
+        return t[sl].to(self.device), noise[sl].to(self.device)
+
+    def _train_step(self, x0: torch.Tensor, window: _Window) -> float:
+        tc = self.cfg.train
+        if self.cfg.data.random_flip and x0.ndim == 4:
+            x0 = random_flip(x0, step_generator(tc.seed, self.step, stream=1 + self.group.rank))
+        t, noise = self._global_noise(tuple(x0.shape[1:]))
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr(self.step)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext()
+        with autocast:
+            terms = self.diffusion.training_losses(self.model, x0, t, noise)
+        loss = terms.loss.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+        finite = bool(torch.isfinite(loss).item() and torch.isfinite(grad_norm).item())
+        if not all_ranks_ok(finite, self.group, self.device):
+            return self._non_finite(loss.item(), grad_norm.item())
+        self.opt.step()
+        self.ema.update(self.net)
+        window.add(terms.loss.detach(), t, self.diffusion.T, grad_norm.item(), x0.shape[0] * self.group.world_size)
+        return loss.item()
+
+    def _non_finite(self, loss: float, grad_norm: float) -> float:
+        """Stop (default) or skip the step; no weight, optimizer or EMA state has changed yet."""
+        self.opt.zero_grad(set_to_none=True)
+        msg = (f"non-finite loss or gradient at step {self.step} (loss={loss}, grad_norm={grad_norm}); "
+               "weights, optimizer and EMA were left as they were")
+        if self.cfg.train.nonfinite_policy == "skip":
+            self.skipped += 1
+            log.warning("%s; skipping the step (train.nonfinite_policy='skip')", msg)
+            return math.nan
+        raise NonFiniteError(msg + f". The last checkpoint in {self.run_dir / 'checkpoints'} is intact; lower "
+                             "--lr or use --nonfinite_policy skip")
+
+    # outputs
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0) with everything needed to resume exactly."""
+        tensors = {f"torch_rng_rank{self.group.rank}": torch.get_rng_state()}
+        path = None
+        if self.group.is_main:
+            ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), model=self.net.state_dict(),
+                              ema=self.ema.state_dict(), optimizer=self.opt.state_dict(), tensors=tensors,
+                              extra={"data_position": self.step, "skipped_steps": self.skipped,
+                                     "world_size": self.group.world_size})
+            path = save_checkpoint(self.run_dir, ckpt, keep=self.cfg.train.keep_checkpoints)
+        barrier(self.group)
+        return path
+
+    def ema_model(self) -> nn.Module:
+        """A fresh network holding the EMA weights, in eval mode."""
+        net = build_model(self.cfg.model).to(self.device)
+        self.ema.copy_to(net)
+        return net.eval()
+
+    def _sample_grid(self) -> None:
+        if not self.group.is_main or not hasattr(self.cfg.model, "image_size"):
+            barrier(self.group)
+            return
+        net = self.ema_model()
+        shape = (GRID_SAMPLES, self.cfg.model.in_channels, self.cfg.model.image_size,  # type: ignore[union-attr]
+                 self.cfg.model.image_size)  # type: ignore[union-attr]
+        x = sample(net, self.diffusion, shape, torch.Generator().manual_seed(self.cfg.train.seed),
+                   steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
+        save_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", x, nrow=8)
+        barrier(self.group)
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, device: str = "auto", progress: bool = True,
+          dataset: Dataset | None = None) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (Algorithm 1); see ``Trainer``."""
+    return Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, dataset=dataset).run()
+
+
+# --- logging -----------------------------------------------------------------------------------
+
+class _Window:
+    """Statistics since the last log row: mean loss overall and by quartile of t, gradient norm, throughput."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss_sum = torch.zeros(4, dtype=torch.float64)
+        self.count = torch.zeros(4, dtype=torch.float64)
+        self.grad_norms: list[float] = []
+        self.images = 0
+
+    def add(self, losses: torch.Tensor, t: torch.Tensor, T: int, grad_norm: float, images: int) -> None:
+        q = ((t - 1) * 4 // T).clamp(0, 3).cpu()
+        self.loss_sum.index_add_(0, q, losses.double().cpu())
+        self.count.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
+        self.grad_norms.append(grad_norm)
+        self.images += images
+
+    def img_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def summary(self, lr: float) -> dict[str, float]:
+        n = self.count.sum().item()
+        row = {"loss": self.loss_sum.sum().item() / n if n else math.nan}
+        for i in range(4):
+            row[f"loss_t_q{i + 1}"] = (self.loss_sum[i] / self.count[i]).item() if self.count[i] else math.nan
+        row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan
+        row["lr"] = lr
+        row["img_per_s"] = self.img_per_s()
+        return row
+
+
+class _Logger:
+    """CSV (always) and TensorBoard (when installed) logs, written by rank 0 only."""
+
+    FIELDS = ["step", "loss", "loss_t_q1", "loss_t_q2", "loss_t_q3", "loss_t_q4", "grad_norm", "lr", "img_per_s",
+              "wall_s"]
+
+    def __init__(self, run_dir: Path, active: bool, resume: bool) -> None:
+        self.active, self.start = active, time.time()
+        self.file = None
+        self.tb = None
+        if not active:
+            return
+        path = run_dir / "log.csv"
+        new = not (resume and path.exists())
+        self.file = path.open("w" if new else "a", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        if new:
+            self.csv.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            log.info("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        if not self.active or self.file is None:
+            return
+        self.csv.writerow({"step": step, **row, "wall_s": time.time() - self.start})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()

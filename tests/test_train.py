@@ -1,0 +1,170 @@
+"""The trainer: the recipe's pieces, exact resumption, DDP equality, clear errors before any state changes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.checkpoint import list_checkpoints, load_checkpoint
+from ddpm.config import ConfigError, override, preset
+from ddpm.train import EMA, NonFiniteError, lr_at, train
+from ddpm.train.trainer import batch_indices
+
+# a tiny U-Net on the real digits data, T = 50: a few steps take a second
+TINY = dict(base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8, T=50, batch_size=16,
+            warmup_steps=5, log_every=2, sample_every=0, checkpoint_every=3, total_steps=6, ema_decay=0.9)
+
+
+def tiny(**changes):
+    return override(preset("digits"), **{**TINY, **changes})
+
+
+def test_warmup_is_linear_then_constant():
+    assert lr_at(0, 2e-4, 5000) == pytest.approx(2e-4 / 5000)
+    assert lr_at(2499, 2e-4, 5000) == pytest.approx(1e-4)
+    assert lr_at(4999, 2e-4, 5000) == lr_at(10**6, 2e-4, 5000) == 2e-4
+
+
+def test_ema_is_the_exponential_average():
+    net = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, 0.9)
+    for v in (1.0, 2.0):
+        with torch.no_grad():
+            net.weight.fill_(v)
+        ema.update(net)
+    # 0 → 0.9·0 + 0.1·1 = 0.1 → 0.9·0.1 + 0.1·2 = 0.29
+    assert ema.state_dict()["weight"].flatten().tolist() == pytest.approx([0.29, 0.29])
+
+
+def test_batches_are_epoch_permutations():
+    seen = torch.cat([batch_indices(s, 100, 10, seed=0) for s in range(10)])
+    assert sorted(seen.tolist()) == list(range(100))
+    assert not torch.equal(batch_indices(0, 100, 10, 0), batch_indices(10, 100, 10, 0))
+
+
+def test_training_writes_logs_checkpoints_and_grids(tmp_path):
+    cfg = tiny(sample_every=3, keep_checkpoints=1)
+    result = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.step == 6 and len(result.losses) == 6 and all(map(lambda v: v == v, result.losses))
+    assert [p.name for p in list_checkpoints(run)] == ["step_000000006"]  # keep the last 1
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,loss_t_q1") and len(rows) == 4
+    assert (run / "samples" / "step_000000006.png").exists()
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    assert any((run / "tensorboard").iterdir())
+    ckpt = load_checkpoint(run)
+    assert ckpt.step == 6 and ckpt.ema is not None and ckpt.optimizer is not None
+    assert ckpt.extra["data_position"] == 6
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
+    cfg = tiny(total_steps=8, checkpoint_every=4, dropout=0.1)
+    full = train(cfg, tmp_path / "full", progress=False)
+    first = train(override(cfg, total_steps=4), tmp_path / "split", progress=False)
+    rest = train(cfg, tmp_path / "split", resume=True, progress=False)
+    assert rest.start_step == 4
+    assert first.losses + rest.losses == full.losses
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+
+
+def test_errors_come_before_any_state_changes(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(total_steps=3), run, progress=False)
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny(total_steps=3), run, progress=False)
+    with pytest.raises(ConfigError, match=r"train.lr \(checkpoint: 0.001\)"):
+        train(tiny(total_steps=6, lr=5e-4), run, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny(), tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(tiny(batch_size=4096), tmp_path / "big", progress=False)
+    assert sorted(p.name for p in run.rglob("*")) == before
+    assert not (tmp_path / "big").exists()
+
+
+def test_non_finite_loss_stops_and_leaves_ema_and_checkpoint_intact(tmp_path, monkeypatch):
+    from ddpm.train import trainer as trainer_mod
+
+    run = tmp_path / "run"
+    t = trainer_mod.Trainer(tiny(total_steps=6, checkpoint_every=2), run, progress=False)
+    real = t.diffusion.training_losses
+    calls = {"n": 0}
+
+    def poisoned(model, x0, tt, noise):
+        calls["n"] += 1
+        terms = real(model, x0, tt, noise)
+        if calls["n"] == 3:  # the third step's loss is NaN
+            return type(terms)(terms.loss * float("nan"), terms.mse, terms.vlb_bpd, terms.t)
+        return terms
+
+    monkeypatch.setattr(t.diffusion, "training_losses", poisoned)
+    with pytest.raises(NonFiniteError, match="step 2"):
+        t.run()
+    saved = load_checkpoint(run)
+    assert saved.step == 2
+    assert all(torch.equal(saved.ema[k], t.ema.state_dict()[k]) for k in saved.ema)  # EMA untouched by the bad step
+    assert all(torch.equal(saved.model[k], t.net.state_dict()[k]) for k in saved.model)
+
+
+def test_skip_policy_skips_non_finite_steps(tmp_path, monkeypatch):
+    from ddpm.train import trainer as trainer_mod
+
+    t = trainer_mod.Trainer(tiny(total_steps=4, nonfinite_policy="skip"), tmp_path / "run", progress=False)
+    real = t.diffusion.training_losses
+    monkeypatch.setattr(t.diffusion, "training_losses",
+                        lambda *a: (lambda r: type(r)(r.loss * float("inf"), r.mse, r.vlb_bpd, r.t))(real(*a)))
+    result = t.run()
+    assert result.skipped_steps == 4 and result.step == 4
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    result = train(tiny(total_steps=3, bf16=True), tmp_path / "run", progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "ddpm.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    common = ["train", "--preset", "digits", "--no-progress", "--device", "cpu"]
+    overrides = []
+    for k, v in {**TINY, "total_steps": 4, "checkpoint_every": 4}.items():
+        overrides += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
+    one = _cli(*common, "--out", str(tmp_path / "one"), *overrides)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", "-m", "ddpm.cli", *common, "--out", str(tmp_path / "two"),
+                          *overrides], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    assert b.extra["world_size"] == 2 and a.extra["world_size"] == 1
+    # float summation order differs between one and two processes; Adam's first steps move each weight by about
+    # ±lr·sign(g), so a weight whose true gradient is ~0 (e.g. attention key biases) may differ by ~lr. A bug
+    # (unsynchronised gradients, different batches) moves nearly every weight by ~lr: the median tells them apart.
+    diffs = torch.cat([(a.model[k] - b.model[k]).abs().flatten() for k in a.model])
+    assert diffs.max() < 1e-4 and diffs.median() < 1e-7, (diffs.max(), diffs.median())
+    ema_diffs = torch.cat([(a.ema[k] - b.ema[k]).abs().flatten() for k in a.ema])
+    assert ema_diffs.max() < 1e-4 and ema_diffs.median() < 1e-7
+
+
+def test_cli_refuses_a_batch_not_divisible_by_the_process_count(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29518", "-m", "ddpm.cli", "train", "--preset", "digits", "--out", str(tmp_path / "r"),
+                          "--batch_size", "15", "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0
+    assert "batch_size=15 is not divisible by the number of processes (2)" in res.stderr
+    assert not Path(tmp_path / "r").exists()
