@@ -1,0 +1,113 @@
+"""Sample quality and wall time: ancestral sampling (Algorithm 2, all T steps) against DDIM with few steps.
+
+On a digits checkpoint (e.g. from ``ddpm train --preset digits --out RUN``)::
+
+    python benchmarks/bench_samplers.py --checkpoint RUN [--num-samples 256] [--ddim-steps 10,20,50,100]
+
+Every sampler draws the same samples (sample i seeded by (seed, i)); each is scored with the offline digits
+metric (Fréchet distance of classifier features to the test split, classifier score) beside the real-vs-real
+baseline of the same size. Prints a markdown table; ``--json`` also saves the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ddpm.evaluation.samples import SamplerSpec, digits_quality, generate
+from ddpm.loading import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One sampler's wall time and sample quality."""
+
+    sampler: str
+    steps: int
+    eta: float
+    n: int
+    wall_s: float
+    img_per_s: float
+    fd: float
+    fd_real_vs_real: float
+    class_score: float
+    class_score_real: float
+    confidence: float
+    confidence_real: float
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="digits checkpoint directory or run directory")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=256, help="samples per sampler (default 256)")
+    p.add_argument("--ddim-steps", default="10,20,50,100", help="DDIM step counts (default 10,20,50,100)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (default 0)")
+    p.add_argument("--no-ancestral", action="store_true", help="skip the (slow) ancestral row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    return p.parse_args(argv)
+
+
+def specs(T: int, ddim_steps: list[int], eta: float, ancestral: bool) -> list[SamplerSpec]:
+    """Ancestral on all T steps, then DDIM at each step count that fits in T."""
+    out = [SamplerSpec("ancestral")] if ancestral else []
+    skipped = [k for k in ddim_steps if not 1 <= k <= T]
+    if skipped:
+        print(f"skipping DDIM steps {skipped}: the model has T = {T}", file=sys.stderr)
+    return out + [SamplerSpec("ddim", k, eta) for k in ddim_steps if 1 <= k <= T]
+
+
+def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: int, device: str) -> BenchRow:
+    """Draw n samples with one sampler, time it, and score the samples."""
+    shape = (model.config.model.in_channels, model.config.model.image_size, model.config.model.image_size)  # type: ignore[union-attr]
+    tick = time.perf_counter()
+    images = generate(model, model.diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)
+    wall_s = time.perf_counter() - tick
+    q = digits_quality(images, seed)
+    return BenchRow(spec.sampler, spec.n_steps(model.diffusion.T), spec.eta, n, wall_s, n / wall_s, q.fd,
+                    q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, q.confidence_real)
+
+
+def markdown(rows: list[BenchRow]) -> str:
+    """The rows as a markdown table."""
+    lines = ["| sampler | steps | wall time (s) | img/s | digits FD (real vs real) | class score (real) "
+             "| confidence (real) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        name = r.sampler if r.sampler == "ancestral" else f"DDIM η={r.eta:g}"
+        lines.append(f"| {name} | {r.steps} | {r.wall_s:.1f} | {r.img_per_s:.1f} "
+                     f"| {r.fd:.2f} ({r.fd_real_vs_real:.2f}) | {r.class_score:.2f} ({r.class_score_real:.2f}) "
+                     f"| {r.confidence:.3f} ({r.confidence_real:.3f}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint, args.weights, args.device)
+    m = model.config.model
+    if m.kind != "unet" or (m.in_channels, m.image_size) != (1, 8):  # type: ignore[union-attr]
+        raise SystemExit(f"{args.checkpoint} is not a digits model (1 channel, 8×8): the digits metric does not apply")
+    ddim_steps = [int(k) for k in args.ddim_steps.split(",") if k.strip()]
+    rows = [bench(model, spec, args.n, args.seed, args.batch_size, args.device)
+            for spec in specs(model.diffusion.T, ddim_steps, args.eta, not args.no_ancestral)]
+    print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}), {args.n} samples "
+          f"each, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""What every evaluation command shares: its common options, the loaded model, the dataset, JSON/CSV output."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig, RunConfig, from_dict, to_dict
+from ..data import build_dataset
+from ..loading import LoadedModel, load_model
+from .parallel import Workers, close_workers, device_for, init_workers
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options every evaluation command takes."""
+
+    checkpoint: str                  # checkpoint directory or run directory (its latest checkpoint)
+    out: str                         # output folder
+    weights: str = "ema"             # "ema" (what the paper evaluates) or "model"
+    seed: int = 0                    # seeds every noise draw (per item, so sharding changes nothing)
+    batch_size: int = 64             # items per network call (before any t batching)
+    device: str = "cpu"              # cpu or cuda (cuda:LOCAL_RANK under torchrun)
+    limit: int | None = None         # work on the first N items only
+    progress: bool = True            # tqdm progress bars (rank 0 only)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """Which data to evaluate on: the checkpoint's ``data`` section unless overridden."""
+
+    split: Split = "test"
+    path: str | None = None          # replaces data.path
+    dataset: str | None = None       # replaces data.dataset
+
+
+@dataclass
+class Session:
+    """A loaded model on its device, this process's place among the workers, and the output folder."""
+
+    model: LoadedModel
+    device: torch.device
+    workers: Workers
+    out: Path
+
+    @property
+    def config(self) -> RunConfig:
+        return self.model.config
+
+    @property
+    def progress_enabled(self) -> bool:
+        return self.workers.is_main
+
+
+@contextmanager
+def session(common: CommonOptions) -> Iterator[Session]:
+    """Join the workers, load the model on the device and make the output folder (rank 0); tear down after."""
+    workers = init_workers()
+    try:
+        device = device_for(common.device, workers)
+        model = load_model(common.checkpoint, common.weights, device)
+        out = Path(common.out)
+        if workers.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        yield Session(model, device, workers, out)
+    finally:
+        close_workers(workers)
+
+
+def image_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """The shape of one x₀ the model works on: (C, H, W) for the U-Net, (D,) for the MLP."""
+    m = cfg.model
+    if m.kind == "unet":
+        return (m.in_channels, m.image_size, m.image_size)  # type: ignore[union-attr]
+    return (m.dim,)  # type: ignore[union-attr]
+
+
+def is_image_model(cfg: RunConfig) -> bool:
+    """Whether the model makes images (a U-Net) rather than points (the toy MLP)."""
+    return cfg.model.kind == "unet"
+
+
+def data_config(cfg: RunConfig, choice: DataChoice) -> DataConfig:
+    """The checkpoint's data section with --data / --dataset applied."""
+    changes: dict[str, Any] = {}
+    if choice.path is not None:
+        changes["path"] = choice.path
+    if choice.dataset is not None:
+        changes["dataset"] = choice.dataset
+    if not changes:
+        return cfg.data
+    return from_dict(DataConfig, {**to_dict(cfg.data), **changes}, "data")
+
+
+def load_split(cfg: RunConfig, choice: DataChoice) -> Dataset[torch.Tensor]:
+    """The chosen split at the model's pixel levels, items in [-1, 1]."""
+    return build_dataset(data_config(cfg, choice), choice.split, cfg.diffusion.levels)
+
+
+def limited(n: int, limit: int | None) -> int:
+    """min(n, limit), or n without a limit."""
+    return n if limit is None else min(n, limit)
+
+
+def stack_items(dataset: Dataset[torch.Tensor], indices: Sequence[int]) -> torch.Tensor:
+    """The dataset items at ``indices`` as one batch."""
+    return torch.stack([dataset[int(i)] for i in indices])
+
+
+def batched(indices: Sequence[int], batch_size: int) -> Iterator[Sequence[int]]:
+    """Consecutive slices of at most ``batch_size`` indices."""
+    for start in range(0, len(indices), batch_size):
+        yield indices[start:start + batch_size]
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN for fewer than two values)."""
+    v = values.double()
+    n = v.numel()
+    if n == 0:
+        return math.nan, math.nan
+    return v.mean().item(), (v.std() / math.sqrt(n)).item() if n > 1 else math.nan
+
+
+# --- output files ------------------------------------------------------------------------------
+
+def _jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and tensors as plain JSON values; NaN becomes null."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return _jsonable(obj.item())
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)  # e.g. a module passed as an option
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` (dataclasses allowed) as indented JSON."""
+    path = Path(path)
+    path.write_text(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write rows of equal keys as a CSV with a header."""
+    path = Path(path)
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_run_info(s: Session, command: str, options: Any) -> list[Path]:
+    """``args.json`` (the resolved options, checkpoint step, processes) and ``config.json`` (the model's config)."""
+    return write_info_files(s.out, command, options, s.config.to_dict(), checkpoint_step=s.model.step,
+                            weights_used=s.model.weights, world_size=s.workers.world_size, device=str(s.device))
+
+
+def write_info_files(out: Path, command: str, options: Any, config: dict[str, Any] | None,
+                     **extra: Any) -> list[Path]:
+    """``args.json`` with the command, its resolved options and ``extra``; ``config.json`` when a config is known."""
+    info = {"command": command, "options": options, **extra, "torch": torch.__version__}
+    paths = [write_json(out / "args.json", info)]
+    if config is not None:
+        paths.append(write_json(out / "config.json", config))
+    return paths

@@ -1,0 +1,127 @@
+"""Figures of the evaluation commands: image grids and strips (PIL) and plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..data import to_uint8  # noqa: E402
+from ..images import image_grid  # noqa: E402
+
+
+def to_nhwc_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images (B, C, H, W) in [-1, 1] (values outside are clipped) as uint8 (B, H, W, C) on 0..255."""
+    if x.ndim != 4:
+        raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
+    return to_uint8(x.detach().float().cpu().clamp(-1, 1), 256).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def display_scale(height: int, target_px: int = 64) -> int:
+    """Integer upscaling so that a tile is about ``target_px`` pixels high (small images become visible)."""
+    return max(1, target_px // max(height, 1))
+
+
+def save_image_grid(path: str | Path, images: np.ndarray, nrow: int | None = None, pad: int = 1,
+                    scale: int | None = None) -> Path:
+    """uint8 images (B, H, W, C) as one PNG grid of ``nrow`` per row (default: square)."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (B, H, W, C), got {images.dtype} {images.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, nrow, pad, scale or display_scale(images.shape[1])).save(path)
+    return path
+
+
+def save_image_rows(path: str | Path, rows: np.ndarray, pad: int = 1, scale: int | None = None) -> Path:
+    """uint8 rows (R, K, H, W, C) as a PNG of R rows and K columns (strips of Figs. 6-8)."""
+    if rows.ndim != 5:
+        raise ValueError(f"expected uint8 rows (R, K, H, W, C), got shape {rows.shape}")
+    R, K = rows.shape[:2]
+    return save_image_grid(path, rows.reshape(R * K, *rows.shape[2:]), nrow=K, pad=pad, scale=scale)
+
+
+def grid_size(n: int, nrow: int, height: int, width: int, pad: int = 1, scale: int = 1) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG ``save_image_grid`` writes for n tiles of height × width."""
+    rows = math.ceil(n / nrow)
+    return (nrow * (width + pad) + pad) * scale, (rows * (height + pad) + pad) * scale
+
+
+def open_png(path: str | Path) -> Image.Image:
+    """A PNG loaded fully (for checks)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.copy()
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bound_terms(path: str | Path, t: Sequence[int], term_bits_per_dim: Sequence[float],
+                     prior_bits_per_dim: float) -> Path:
+    """The bound's terms L_{t−1} against t (log scale), L_T as a reference line, and their running total."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    terms = np.asarray(term_bits_per_dim, dtype=float)
+    axes[0].plot(t, np.clip(terms, 1e-12, None), lw=1.2, label="$L_{t-1}$")
+    if prior_bits_per_dim > 0:
+        axes[0].axhline(prior_bits_per_dim, color="grey", ls="--", lw=1, label="$L_T$ (prior)")
+    axes[0].set(xlabel="t", ylabel="bits/dim", yscale="log", title="terms of the bound (Eq. 5)")
+    axes[0].legend(fontsize=8)
+    cumulative = prior_bits_per_dim + np.cumsum(terms[::-1])[::-1]  # L_T + Σ_{s ≥ t} L_{s−1}
+    axes[1].plot(t, cumulative, lw=1.2)
+    axes[1].set(xlabel="t", ylabel="bits/dim", title="$L_T + \\sum_{s \\geq t} L_{s-1}$")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_rate_distortion(path: str | Path, t: Sequence[int], rate_bits_per_dim: Sequence[float],
+                         rmse_0_255: Sequence[float], T: int) -> Path:
+    """Fig. 5's three panels: distortion and rate against reverse-process steps T − t, distortion against rate."""
+    steps = [T - v for v in t]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(steps, rmse_0_255, marker=".", ms=3)
+    axes[0].set(xlabel="reverse process steps (T − t)", ylabel="distortion (RMSE [0, 255])")
+    axes[1].plot(steps, rate_bits_per_dim, marker=".", ms=3)
+    axes[1].set(xlabel="reverse process steps (T − t)", ylabel="rate (bits/dim)")
+    axes[2].plot(rate_bits_per_dim, rmse_0_255, marker=".", ms=3)
+    axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE [0, 255])")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_points(path: str | Path, points: np.ndarray, title: str = "samples") -> Path:
+    """A scatter plot of 2-D points (samples of the toy model)."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.5)
+    ax.set(title=title, aspect="equal")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_class_histograms(path: str | Path, samples: Sequence[int], real: Sequence[int]) -> Path:
+    """Predicted-digit histograms of the samples next to those of real images."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    k = np.arange(len(samples))
+    ax.bar(k - 0.2, samples, width=0.4, label="samples")
+    ax.bar(k + 0.2, real, width=0.4, label="real")
+    ax.set(xlabel="predicted digit", ylabel="images", xticks=k)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

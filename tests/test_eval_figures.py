@@ -1,0 +1,99 @@
+"""ddpm progressive (Figs. 6-7) and interpolate (Fig. 8): shapes, PNG sizes, per-row seeds; --help of every command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _eval_tiny import make_checkpoint
+from ddpm.cli import build_parser, main
+from ddpm.evaluation.figures import grid_size, open_png, save_image_rows
+from ddpm.evaluation.interpolation import choose_pairs, default_t, lambda_grid
+from ddpm.evaluation.progressive import evenly_spaced_times, progressive_x0, quarter_times
+from ddpm.loading import load_model
+
+COMMANDS = ("nll", "rate-distortion", "sample", "progressive", "interpolate", "fid")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("fig") / "ckpt")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: ddpm {command}" in text and ("--checkpoint" in text)
+
+
+def test_time_grids():
+    assert evenly_spaced_times(1000, 5) == [1000, 750, 500, 251, 1]
+    assert quarter_times(1000) == [1000, 750, 500, 250]
+    assert default_t(1000) == 500 and default_t(20) == 10
+    assert lambda_grid(3) == [0.0, 0.5, 1.0]
+    assert choose_pairs(10, 0, 0, (1, 2, 3, 4)) == [(1, 2), (3, 4)]
+    assert all(a != b for a, b in choose_pairs(10, 5, 0))
+    with pytest.raises(ValueError, match="even number"):
+        choose_pairs(10, 0, 0, (1, 2, 3))
+
+
+def test_progressive_rows_are_seeded_by_row(ckpt):
+    m = load_model(ckpt)
+    whole = progressive_x0(m, m.diffusion, (1, 8, 8), [20, 10, 1], 0, range(0, 3))
+    parts = torch.cat([progressive_x0(m, m.diffusion, (1, 8, 8), [20, 10, 1], 0, r) for r in (range(1), range(1, 3))])
+    assert whole.shape == (3, 3, 1, 8, 8)
+    torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-5)
+
+
+def test_progressive_command(ckpt, tmp_path):
+    out = tmp_path / "p"
+    assert main(["progressive", "--checkpoint", str(ckpt), "--out", str(out), "--rows", "3", "--at", "20,15,5,1",
+                 "--share-t", "20,10", "--share-samples", "2", "--images", "4,9", "--no-progress"]) == 0
+    with np.load(out / "progressive.npz") as z:
+        assert z["pred_x0"].shape == (3, 4, 8, 8, 1) and z["pred_x0"].dtype == np.uint8
+        assert z["at"].tolist() == [20, 15, 5, 1]
+    with np.load(out / "shared_xt.npz") as z:
+        grid = z["images"]
+        assert grid.shape == (4, 4, 8, 8, 1)  # (2 images × 2 t) rows of x0 | x_t | 2 samples
+        assert z["t"].tolist() == [20, 10] and z["image_indices"].tolist() == [4, 9]
+    assert (grid[0, 0] == grid[1, 0]).all()  # the same x0 in both rows of an image
+    assert open_png(out / "progressive.png").size == grid_size(12, 4, 8, 8, scale=8)
+    assert open_png(out / "shared_xt.png").size == grid_size(16, 4, 8, 8, scale=8)
+    assert json.loads((out / "progressive.json").read_text())["share_t"] == [20, 10]
+    # --limit caps the rows of both figures
+    assert main(["progressive", "--checkpoint", str(ckpt), "--out", str(tmp_path / "l"), "--limit", "1",
+                 "--columns", "3", "--no-progress"]) == 0
+    with np.load(tmp_path / "l" / "progressive.npz") as z, np.load(tmp_path / "l" / "shared_xt.npz") as w:
+        assert z["pred_x0"].shape == (1, 3, 8, 8, 1) and w["images"].shape == (4, 5, 8, 8, 1)
+
+
+def test_interpolate_command(ckpt, tmp_path):
+    out = tmp_path / "i"
+    assert main(["interpolate", "--checkpoint", str(ckpt), "--out", str(out), "--indices", "0,5", "--t", "10,4",
+                 "--lambdas", "5", "--no-progress"]) == 0
+    with np.load(out / "interpolation.npz") as z:
+        images, sources = z["images"], z["sources"]
+        assert images.shape == (2, 5, 8, 8, 1) and sources.shape == (2, 2, 8, 8, 1)
+        assert z["t"].tolist() == [10, 4] and z["pairs"].tolist() == [[0, 5], [0, 5]]
+        assert z["lambdas"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert open_png(out / "interpolation.png").size == grid_size(14, 7, 8, 8, scale=8)
+    assert json.loads((out / "interpolation.json").read_text())["pairs"] == [[0, 5]]
+
+
+def test_image_rows_png(tmp_path):
+    rows = np.zeros((2, 3, 4, 5, 3), np.uint8)
+    assert open_png(save_image_rows(tmp_path / "r.png", rows, scale=2)).size == grid_size(6, 3, 4, 5, scale=2)
