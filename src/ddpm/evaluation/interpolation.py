@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion, Model
 from ..sampling import interpolate, sample_generators
@@ -60,10 +61,10 @@ def interpolation_row(model: Model, diffusion: GaussianDiffusion, x_a: Tensor, x
 
 def interpolation_rows(model: Model, diffusion: GaussianDiffusion, pairs: Tensor, times: Sequence[int],
                        lambdas: Sequence[float], seed: int, rows: Sequence[int], clip_denoised: bool = True,
-                       device: torch.device | str = "cpu") -> Tensor:
+                       device: torch.device | str = "cpu", progress: bool = False) -> Tensor:
     """Rows ``rows`` of the grid (pair j, time k) → row j·len(times) + k; ``pairs`` is (P, 2, C, H, W)."""
     out = []
-    for r in rows:
+    for r in tqdm(rows, desc="interpolation rows", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
         gen = sample_generators(seed, int(r), 1)[0]
         a, b = pairs[j, 0:1].to(device), pairs[j, 1:2].to(device)
@@ -113,7 +114,7 @@ def run_interpolate(common: CommonOptions,
         images = torch.stack([torch.stack([dataset[a], dataset[b]]) for a, b in pairs])
         rows = shard(range(len(pairs) * len(times)), s.workers)
         part = interpolation_rows(s.model, s.model.diffusion, images, times, lambdas, common.seed, rows,
-                                  options.clip_denoised, s.device)
+                                  options.clip_denoised, s.device, common.progress and s.progress_enabled)
         parts = gather_to_main(part, s.workers)
         if parts is None:
             return None

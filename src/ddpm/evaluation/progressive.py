@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion, Model, randn
 from ..sampling import ancestral_steps, reconstruct_from, sample_generators
@@ -59,7 +60,7 @@ def check_times(times: Sequence[int], T: int) -> list[int]:
 @torch.no_grad()
 def progressive_x0(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], at: Sequence[int],
                    seed: int, indices: Sequence[int], clip_denoised: bool = True,
-                   device: torch.device | str = "cpu") -> Tensor:
+                   device: torch.device | str = "cpu", progress: bool = False) -> Tensor:
     """Fig. 6: x̂₀ at the steps ``at`` of Algorithm 2 for the samples ``indices``: (R, len(at), *shape)."""
     at = check_times(at, diffusion.T)
     if not len(indices):
@@ -67,7 +68,9 @@ def progressive_x0(model: Model, diffusion: GaussianDiffusion, shape: tuple[int,
     gens = sample_generators(seed, int(indices[0]), len(indices))
     x_T = randn((len(indices), *shape), gens, device)
     want = set(at)
-    frames = [s.pred_x0 for s in ancestral_steps(model, diffusion, x_T, gens, clip_denoised) if s.t in want]
+    steps = tqdm(ancestral_steps(model, diffusion, x_T, gens, clip_denoised), total=diffusion.T, leave=False,
+                 desc="Fig. 6 (reverse process)", disable=not progress)
+    frames = [s.pred_x0 for s in steps if s.t in want]
     return torch.stack(frames, dim=1).cpu()
 
 
@@ -81,10 +84,10 @@ def shared_xt_row(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int
 
 def shared_xt_rows(model: Model, diffusion: GaussianDiffusion, images: Tensor, times: Sequence[int], n: int,
                    seed: int, rows: Sequence[int], clip_denoised: bool = True,
-                   device: torch.device | str = "cpu") -> Tensor:
+                   device: torch.device | str = "cpu", progress: bool = False) -> Tensor:
     """Rows ``rows`` of the grid (image j, time k) → row j·len(times) + k, each seeded by its row number."""
     out = []
-    for r in rows:
+    for r in tqdm(rows, desc="Fig. 7 (shared x_t)", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
         gen = sample_generators(seed, int(r), 1)[0]
         out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n, gen, clip_denoised))
@@ -144,7 +147,7 @@ def _fig6(s: Session, common: CommonOptions, options: ProgressiveOptions, at: li
     """This rank's Fig. 6 rows, merged on rank 0."""
     rows = shard(range(limited(options.rows, common.limit)), s.workers)
     part = progressive_x0(s.model, s.model.diffusion, image_shape(s.config), at, common.seed, rows,
-                          options.clip_denoised, s.device)
+                          options.clip_denoised, s.device, common.progress and s.progress_enabled)
     parts = gather_to_main(part, s.workers)
     return torch.cat(parts) if parts is not None else None
 
@@ -166,7 +169,7 @@ def _fig7(s: Session, common: CommonOptions, options: ProgressiveOptions, images
     """This rank's Fig. 7 rows, merged on rank 0."""
     rows = shard(range(images.shape[0] * len(share_t)), s.workers)
     part = shared_xt_rows(s.model, s.model.diffusion, images, share_t, options.share_samples, common.seed + 1, rows,
-                          options.clip_denoised, s.device)
+                          options.clip_denoised, s.device, common.progress and s.progress_enabled)
     parts = gather_to_main(part, s.workers)
     return torch.cat(parts) if parts is not None else None
 
