@@ -1,0 +1,557 @@
+"""Import and export diffusers ``DDPMPipeline`` directories (``google/ddpm-*`` and our exports).
+
+Nothing here imports diffusers: a pipeline directory is JSON plus one weight file, read with
+``safetensors`` (or, for ``.bin`` files, ``torch.load(weights_only=True)``). Accepted layouts:
+
+- ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors`` (or ``.bin``) and
+  ``scheduler/scheduler_config.json``, with ``model_index.json`` at the top (what ``save_diffusers``
+  writes, and what ``DDPMPipeline.save_pretrained`` writes);
+- the same files at the top level (the original ``google/ddpm-cifar10-32`` layout).
+
+The diffusers ``UNet2DModel`` configurations that are the paper's U-Net are accepted: positional
+time embedding without the sin/cos flip and with ``freq_shift=1``, single-head attention,
+GroupNorm ε = 1e-6, TensorFlow-style stride-2 downsampling (``downsample_padding=0``), blocks
+``DownBlock2D``/``AttnDownBlock2D`` and ``UpBlock2D``/``AttnUpBlock2D``. Anything else is a
+``DiffusersFormatError`` naming the field. Options of ours that diffusers has no field for
+(``loss_type``, ``hybrid_lambda``, ``levels``) travel in an extra top-level ``ddpm.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from ddpm.checkpoint import CheckpointError, safe_torch_load
+from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.nets.unet import GROUPNORM_EPS, UNet
+
+__all__ = [
+    "DiffusersFormatError",
+    "DiffusersImport",
+    "diffusers_to_ours_key",
+    "diffusion_config_from_scheduler",
+    "diffusion_config_to_scheduler",
+    "load_diffusers",
+    "ours_to_diffusers_key",
+    "save_diffusers",
+    "state_dict_from_diffusers",
+    "state_dict_to_diffusers",
+    "unet_config_from_diffusers",
+    "unet_config_to_diffusers",
+]
+
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+EXTRA_NAME = "ddpm.json"  # our options diffusers has no field for
+
+
+class DiffusersFormatError(CheckpointError):
+    """A diffusers directory, config or state dict is not the paper's DDPM model; the message says why."""
+
+
+@dataclass
+class DiffusersImport:
+    """An imported diffusers DDPM: our configs and the weights under our parameter names."""
+
+    model: UNetConfig
+    diffusion: DiffusionConfig
+    state_dict: dict[str, Tensor]
+
+
+# --- parameter names -----------------------------------------------------------------------------
+
+_RESNET = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "temb_proj": "time_emb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "nin_shortcut": "conv_shortcut",
+}
+_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+# names of diffusers' AttentionBlock before 0.15, still in the google/ddpm-* .bin files
+_LEGACY_ATTN = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+_RESNET_BACK = {v: k for k, v in _RESNET.items()}
+_ATTN_BACK = {**{v: k for k, v in _ATTN.items()}, **_LEGACY_ATTN}
+_TOP = {
+    "temb.dense0": "time_embedding.linear_1",
+    "temb.dense1": "time_embedding.linear_2",
+    "conv_in": "conv_in",
+    "norm_out": "conv_norm_out",
+    "conv_out": "conv_out",
+}
+_TOP_BACK = {v: k for k, v in _TOP.items()}
+_MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
+_MID_BACK = {v: k for k, v in _MID.items()}
+
+
+def ours_to_diffusers_key(key: str, num_levels: int) -> str | None:
+    """Our parameter name → diffusers' ``UNet2DModel`` name (None if the name is not ours)."""
+    module, _, param = key.rpartition(".")
+    if module in _TOP:
+        return f"{_TOP[module]}.{param}"
+    parts = module.split(".")
+    match parts:
+        case ["mid", ("block_1" | "block_2") as blk, layer] if layer in _RESNET:
+            return f"mid_block.{_MID[blk]}.{_RESNET[layer]}.{param}"
+        case ["mid", "attn_1", layer] if layer in _ATTN:
+            return f"mid_block.attentions.0.{_ATTN[layer]}.{param}"
+        case [("down" | "up") as path, level, kind, *rest] if level.isdigit():
+            i = int(level)
+            if path == "down":
+                prefix, resampler = f"down_blocks.{i}", "downsamplers"
+            else:  # diffusers numbers the up blocks in the order they run, deepest first
+                prefix, resampler = f"up_blocks.{num_levels - 1 - i}", "upsamplers"
+            match [kind, *rest]:
+                case ["block", j, layer] if j.isdigit() and layer in _RESNET:
+                    return f"{prefix}.resnets.{j}.{_RESNET[layer]}.{param}"
+                case ["attn", j, layer] if j.isdigit() and layer in _ATTN:
+                    return f"{prefix}.attentions.{j}.{_ATTN[layer]}.{param}"
+                case ["resample", "conv"]:
+                    return f"{prefix}.{resampler}.0.conv.{param}"
+    return None
+
+
+def diffusers_to_ours_key(key: str, num_levels: int) -> str | None:
+    """A diffusers ``UNet2DModel`` parameter name (current or pre-0.15) → ours (None if unknown)."""
+    module, _, param = key.rpartition(".")
+    if module in _TOP_BACK:
+        return f"{_TOP_BACK[module]}.{param}"
+    parts = module.split(".")
+    match parts:
+        case ["mid_block", ("resnets" | "attentions") as kind, j, *layer]:
+            ours = _MID_BACK.get(f"{kind}.{j}")
+            table = _RESNET_BACK if kind == "resnets" else _ATTN_BACK
+            name = table.get(".".join(layer))
+            if ours is not None and name is not None:
+                return f"mid.{ours}.{name}.{param}"
+        case [("down_blocks" | "up_blocks") as path, level, kind, j, *layer] if level.isdigit() and j.isdigit():
+            i = int(level)
+            if path == "down_blocks":
+                prefix, resampler = f"down.{i}", "downsamplers"
+            else:
+                prefix, resampler = f"up.{num_levels - 1 - i}", "upsamplers"
+            if kind == "resnets" and ".".join(layer) in _RESNET_BACK:
+                return f"{prefix}.block.{j}.{_RESNET_BACK['.'.join(layer)]}.{param}"
+            if kind == "attentions" and ".".join(layer) in _ATTN_BACK:
+                return f"{prefix}.attn.{j}.{_ATTN_BACK['.'.join(layer)]}.{param}"
+            if kind == resampler and j == "0" and layer == ["conv"]:
+                return f"{prefix}.resample.conv.{param}"
+    return None
+
+
+def _expected_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Our parameter names and shapes for ``cfg``, from a model on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        net = UNet(cfg)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _check_state_dict(
+    state_dict: dict[str, Tensor],
+    expected: dict[str, tuple[int, ...]],
+    what: str,
+    unmapped: list[str] | None = None,
+) -> None:
+    """Raise one DiffusersFormatError listing every missing, unexpected and mis-shaped tensor."""
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected)) + sorted(unmapped or [])
+    mismatched = sorted(
+        f"{k}: {tuple(v.shape)} != expected {expected[k]}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        lines = [f"{what} does not match the configured U-Net:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+        raise DiffusersFormatError("\n".join(lines))
+
+
+def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) -> dict[str, Tensor]:
+    """A diffusers ``UNet2DModel`` state dict → ours, checked against ``cfg`` (every problem listed)."""
+    levels = len(cfg.channel_mults)
+    ours: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state_dict.items():
+        name = diffusers_to_ours_key(key, levels)
+        if name is None:
+            unmapped.append(f"{key} (not a parameter of the DDPM U-Net)")
+        elif name in ours:
+            unmapped.append(f"{key} (a second copy of {name})")
+        else:
+            ours[name] = value
+    _check_state_dict(ours, _expected_shapes(cfg), "the diffusers state dict (in our names)", unmapped)
+    return ours
+
+
+def state_dict_to_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) -> dict[str, Tensor]:
+    """Our state dict → diffusers' ``UNet2DModel`` names, checked against ``cfg`` first."""
+    _check_state_dict(state_dict, _expected_shapes(cfg), "the state dict")
+    levels = len(cfg.channel_mults)
+    out = {}
+    for key, value in state_dict.items():
+        name = ours_to_diffusers_key(key, levels)
+        assert name is not None, key  # every expected key maps
+        out[name] = value
+    return out
+
+
+# --- the U-Net configuration ---------------------------------------------------------------------
+
+# UNet2DModel's defaults: a field absent from config.json has this value in diffusers
+_UNET_DEFAULTS: dict[str, Any] = {
+    "sample_size": None,
+    "in_channels": 3,
+    "out_channels": 3,
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "freq_shift": 0,
+    "flip_sin_to_cos": True,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [224, 448, 672, 896],
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 1,
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "attn_norm_num_groups": None,
+    "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "num_train_timesteps": None,
+}
+
+# fields that must hold the paper's value: (value, why)
+_UNET_REQUIRED: dict[str, tuple[Any, str]] = {
+    "center_input_sample": (False, "inputs are already in [-1, 1]"),
+    "time_embedding_type": ("positional", "the Transformer sinusoidal embedding"),
+    "flip_sin_to_cos": (False, "the official embedding is [sin | cos]"),
+    "freq_shift": (1, "frequencies 10000^(-i/(d/2-1)) as in the official code"),
+    "mid_block_type": ("UNetMidBlock2D", "res, attention, res"),
+    "mid_block_scale_factor": (1, "no output rescaling"),
+    "downsample_padding": (0, "TensorFlow 'SAME' padding of the stride-2 conv"),
+    "downsample_type": ("conv", "stride-2 conv downsampling"),
+    "upsample_type": ("conv", "nearest ×2 then conv"),
+    "act_fn": ("silu", "swish nonlinearity"),
+    "resnet_time_scale_shift": ("default", "the time embedding is added, not scale-shift"),
+    "add_attention": (True, "the middle block has attention"),
+    "class_embed_type": (None, "an unconditional model"),
+    "num_class_embeds": (None, "an unconditional model"),
+}
+
+_DOWN_TYPES = {"DownBlock2D": False, "AttnDownBlock2D": True}
+_UP_TYPES = {"UpBlock2D": False, "AttnUpBlock2D": True}
+
+
+def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
+    """A diffusers ``UNet2DModel`` config.json → UNetConfig; an unsupported field is a clear error."""
+    cls = config.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise DiffusersFormatError(f"unet config _class_name={cls!r}; expected 'UNet2DModel'")
+    unknown = sorted(
+        k for k, v in config.items() if not k.startswith("_") and k not in _UNET_DEFAULTS and v is not None
+    )
+    if unknown:
+        raise DiffusersFormatError(f"unet config has fields this importer does not know: {unknown}")
+    c = {**_UNET_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for name, (want, why) in _UNET_REQUIRED.items():
+        if c[name] != want:
+            raise DiffusersFormatError(f"unet config {name}={c[name]!r} is not supported; expected {want!r} ({why})")
+    if not math.isclose(float(c["norm_eps"]), GROUPNORM_EPS, rel_tol=1e-6):
+        raise DiffusersFormatError(f"unet config norm_eps={c['norm_eps']!r} is not supported; expected 1e-06")
+
+    size = c["sample_size"]
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise DiffusersFormatError(f"unet config sample_size={size!r}: only square images are supported")
+        size = size[0]
+    if not isinstance(size, int) or size < 1:
+        raise DiffusersFormatError(f"unet config sample_size={size!r}; expected a positive int")
+
+    widths = list(c["block_out_channels"])
+    base = widths[0] if widths else 0
+    if not widths or any(w % base for w in widths):
+        raise DiffusersFormatError(f"unet config block_out_channels={widths!r}: expected multiples of the first width")
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    if len(down) != len(widths) or len(up) != len(widths):
+        raise DiffusersFormatError(
+            f"unet config has {len(widths)} block_out_channels, {len(down)} down_block_types and "
+            f"{len(up)} up_block_types; expected equal numbers"
+        )
+    for field, types, table in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
+        bad = [t for t in types if t not in table]
+        if bad:
+            raise DiffusersFormatError(f"unet config {field} contains {bad}; supported: {sorted(table)}")
+    attn_down = [_DOWN_TYPES[t] for t in down]
+    attn_up = [_UP_TYPES[t] for t in reversed(up)]  # up blocks run deepest first
+    if attn_down != attn_up:
+        raise DiffusersFormatError(
+            f"unet config down_block_types={down} and up_block_types={up} put attention at different "
+            "resolutions; the paper's U-Net uses the same resolutions on both paths"
+        )
+    if c["time_embedding_dim"] not in (None, 4 * base):
+        raise DiffusersFormatError(
+            f"unet config time_embedding_dim={c['time_embedding_dim']!r}; expected None or {4 * base}"
+        )
+    groups = c["norm_num_groups"]
+    if c["attn_norm_num_groups"] not in (None, groups):
+        raise DiffusersFormatError(
+            f"unet config attn_norm_num_groups={c['attn_norm_num_groups']!r}; expected None or {groups}"
+        )
+    attn_widths = {w for w, a in zip(widths, attn_down) if a} | {widths[-1]}
+    head_dim = c["attention_head_dim"]
+    if head_dim is not None and {head_dim} != attn_widths:
+        raise DiffusersFormatError(
+            f"unet config attention_head_dim={head_dim!r} gives multi-head attention; the paper's U-Net has "
+            f"one head (attention_head_dim null or equal to the attention width {sorted(attn_widths)})"
+        )
+    in_ch, out_ch = c["in_channels"], c["out_channels"]
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise DiffusersFormatError(
+            f"unet config out_channels={out_ch} with in_channels={in_ch}; expected {in_ch} or {2 * in_ch} "
+            "(mean and learned-variance outputs)"
+        )
+    try:
+        return UNetConfig(
+            image_size=size,
+            in_channels=in_ch,
+            base_channels=base,
+            channel_mults=tuple(w // base for w in widths),
+            num_res_blocks=int(c["layers_per_block"]),
+            attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_down) if a),
+            dropout=float(c["dropout"]),
+            num_groups=int(groups),
+            learn_sigma=out_ch == 2 * in_ch,
+        )
+    except (TypeError, ValueError) as e:
+        raise DiffusersFormatError(f"unet config could not be converted: {e}") from None
+
+
+def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
+    """UNetConfig → a diffusers ``UNet2DModel`` config.json dict of the same network."""
+    levels = len(cfg.channel_mults)
+    attn = [cfg.image_size // 2**i in cfg.attn_resolutions for i in range(levels)]
+    unknown = sorted(set(cfg.attn_resolutions) - {cfg.image_size // 2**i for i in range(levels)})
+    if unknown:
+        raise DiffusersFormatError(
+            f"attn_resolutions {unknown} are not resolutions of a {cfg.image_size}px U-Net with {levels} levels"
+        )
+    return {
+        "_class_name": "UNet2DModel",
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "center_input_sample": False,
+        "time_embedding_type": "positional",
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "mid_block_type": "UNetMidBlock2D",
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "block_out_channels": [cfg.base_channels * m for m in cfg.channel_mults],
+        "layers_per_block": cfg.num_res_blocks,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": 0,
+        "downsample_type": "conv",
+        "upsample_type": "conv",
+        "dropout": cfg.dropout,
+        "act_fn": "silu",
+        "attention_head_dim": None,
+        "norm_num_groups": cfg.num_groups,
+        "norm_eps": GROUPNORM_EPS,
+        "resnet_time_scale_shift": "default",
+        "add_attention": True,
+    }
+
+
+# --- the scheduler configuration -----------------------------------------------------------------
+
+_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
+_VARIANCES = {
+    "fixed_large": "fixed_beta",
+    "fixed_large_log": "fixed_beta",
+    "fixed_small": "fixed_beta_tilde",
+    "fixed_small_log": "fixed_beta_tilde",
+    "learned": "learned",
+    "learned_range": "learned_range",
+}
+_PREDICTIONS = {"epsilon": "eps", "sample": "x0"}
+_SCHEDULER_DEFAULTS: dict[str, Any] = {  # DDPMScheduler's defaults
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "rescale_betas_zero_snr": False,
+}
+
+
+def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any] | None = None) -> DiffusionConfig:
+    """A ``DDPMScheduler`` scheduler_config.json (+ our ``ddpm.json`` extras) → DiffusionConfig."""
+    c = {**_SCHEDULER_DEFAULTS, **config}
+    T = c["num_train_timesteps"]
+    if not isinstance(T, int) or T < 1:
+        raise DiffusersFormatError(f"scheduler config num_train_timesteps={T!r}; expected a positive int")
+    schedule = _SCHEDULES.get(c["beta_schedule"])
+    beta_start, beta_end = float(c["beta_start"]), float(c["beta_end"])
+    if c["trained_betas"] is not None:
+        betas = list(c["trained_betas"])
+        if len(betas) != T or len(set(betas)) != 1:
+            raise DiffusersFormatError(
+                "scheduler config trained_betas is not supported (only a constant list of "
+                f"num_train_timesteps={T} values, our 'constant' schedule)"
+            )
+        schedule, beta_end = "constant", float(betas[0])
+    elif schedule is None:
+        raise DiffusersFormatError(
+            f"scheduler config beta_schedule={c['beta_schedule']!r} is not supported; expected one of "
+            f"{sorted(_SCHEDULES)}"
+        )
+    if c["variance_type"] not in _VARIANCES:
+        raise DiffusersFormatError(
+            f"scheduler config variance_type={c['variance_type']!r} is not supported; expected one of "
+            f"{sorted(_VARIANCES)}"
+        )
+    if c["prediction_type"] not in _PREDICTIONS:
+        raise DiffusersFormatError(
+            f"scheduler config prediction_type={c['prediction_type']!r} is not supported; expected one of "
+            f"{sorted(_PREDICTIONS)}"
+        )
+    for name in ("thresholding", "rescale_betas_zero_snr"):
+        if c[name]:
+            raise DiffusersFormatError(f"scheduler config {name}={c[name]!r} is not supported; expected false")
+    var_type = _VARIANCES[c["variance_type"]]
+    learned = var_type in ("learned", "learned_range")
+    # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
+    options: dict[str, Any] = {"loss_type": "hybrid" if learned else "simple"}
+    options.update((extra or {}).get("diffusion", {}))
+    allowed = {"loss_type", "hybrid_lambda", "levels"}
+    if set(options) - allowed:
+        raise DiffusersFormatError(f"{EXTRA_NAME} has unknown diffusion options {sorted(set(options) - allowed)}")
+    return DiffusionConfig(
+        schedule=schedule,
+        T=T,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        mean_type=_PREDICTIONS[c["prediction_type"]],
+        var_type=var_type,
+        **options,
+    )
+
+
+def diffusion_config_to_scheduler(cfg: DiffusionConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DiffusionConfig → (a ``DDPMScheduler`` scheduler_config.json dict, our ``ddpm.json`` extras)."""
+    to_schedule = {v: k for k, v in _SCHEDULES.items()}
+    to_var = {
+        "fixed_beta": "fixed_large",
+        "fixed_beta_tilde": "fixed_small",
+        "learned": "learned",
+        "learned_range": "learned_range",
+    }
+    to_pred = {v: k for k, v in _PREDICTIONS.items()}
+    if cfg.mean_type not in to_pred:
+        raise DiffusersFormatError(
+            f"diffusion.mean_type={cfg.mean_type!r} has no diffusers equivalent; expected 'eps' or 'x0'"
+        )
+    sched: dict[str, Any] = {
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": cfg.T,
+        "beta_start": cfg.beta_start,
+        "beta_end": cfg.beta_end,
+        "beta_schedule": to_schedule.get(cfg.schedule, "linear"),
+        "trained_betas": [cfg.beta_end] * cfg.T if cfg.schedule == "constant" else None,
+        "variance_type": to_var[cfg.var_type],
+        "clip_sample": True,  # the paper's sampler clips the predicted x₀ to [-1, 1]
+        "prediction_type": to_pred[cfg.mean_type],
+    }
+    extra = {"diffusion": {"loss_type": cfg.loss_type, "hybrid_lambda": cfg.hybrid_lambda, "levels": cfg.levels}}
+    return sched, extra
+
+
+# --- directories ---------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DiffusersFormatError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise DiffusersFormatError(f"{path} holds a JSON {type(obj).__name__}; expected an object")
+    return obj
+
+
+def _first_existing(paths: list[Path], what: str) -> Path:
+    for p in paths:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"no {what}: looked for " + ", ".join(str(p) for p in paths))
+
+
+def load_diffusers(directory: str | Path) -> DiffusersImport:
+    """Read a diffusers DDPM directory (``google/ddpm-*`` layout or ours) into our configs and names."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no diffusers directory at {root}")
+    unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    model_cfg = unet_config_from_diffusers(_read_json(_first_existing([unet_dir / "config.json"], "unet config")))
+    weights = _first_existing([unet_dir / n for n in WEIGHT_NAMES], "unet weights")
+    state = safe_torch_load(weights)  # safetensors, or torch.load(weights_only=True) for .bin
+    sched_path = _first_existing(
+        [root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"], "scheduler config"
+    )
+    extra = _read_json(root / EXTRA_NAME) if (root / EXTRA_NAME).is_file() else None
+    diffusion = diffusion_config_from_scheduler(_read_json(sched_path), extra)
+    if diffusion.learn_sigma != model_cfg.learn_sigma:
+        raise DiffusersFormatError(
+            f"{sched_path} has a {'learned' if diffusion.learn_sigma else 'fixed'} variance but the unet has "
+            f"{model_cfg.out_channels} output channels for {model_cfg.in_channels} input channels"
+        )
+    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg))
+
+
+def save_diffusers(
+    directory: str | Path, model_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, state_dict: dict[str, Tensor]
+) -> Path:
+    """Write a ``DDPMPipeline`` directory (unet/, scheduler/, model_index.json) that diffusers loads."""
+    if model_cfg.learn_sigma != diffusion_cfg.learn_sigma:
+        raise DiffusersFormatError(
+            f"model learn_sigma={model_cfg.learn_sigma} contradicts diffusion var_type={diffusion_cfg.var_type!r}"
+        )
+    unet_json = unet_config_to_diffusers(model_cfg)
+    sched_json, extra = diffusion_config_to_scheduler(diffusion_cfg)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict_to_diffusers(state_dict, model_cfg).items()}
+    root = Path(directory)
+    (root / "unet").mkdir(parents=True, exist_ok=True)
+    (root / "scheduler").mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(root / "unet" / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+    (root / "unet" / "config.json").write_text(json.dumps(unet_json, indent=2) + "\n")
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_json, indent=2) + "\n")
+    (root / EXTRA_NAME).write_text(json.dumps(extra, indent=2) + "\n")
+    index = {
+        "_class_name": "DDPMPipeline",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return root
