@@ -11,11 +11,12 @@ from PIL import Image
 
 
 def to_display_uint8(x: torch.Tensor) -> np.ndarray:
-    """A batch (B, C, H, W) in [-1, 1] as uint8 (B, H, W, C) on the 0..255 scale for viewing."""
+    """A batch (B, C, H, W) in [-1, 1] (values outside clipped) as uint8 (B, H, W, C) on 0..255 for viewing."""
+    from .data.levels import to_uint8
+
     if x.ndim != 4:
         raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-    k = torch.round((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
-    return k.permute(0, 2, 3, 1).numpy()
+    return to_uint8(x.detach().float().cpu().clamp(-1, 1), 256).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, scale: int = 1) -> Image.Image:

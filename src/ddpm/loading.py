@@ -31,8 +31,8 @@ class LoadedModel:
 def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint directory (or a run directory's latest) for sampling; ``weights`` is "ema" or "model".
 
-    The EMA weights are what the paper evaluates; a checkpoint without them falls back to the raw weights
-    only when ``weights="model"`` is asked for.
+    The EMA weights are what the paper evaluates; a model-only checkpoint (e.g. converted official weights,
+    which are EMA weights already) has just one set, used for either choice.
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")

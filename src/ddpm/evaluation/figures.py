@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..data import to_uint8  # noqa: E402
-from ..images import image_grid  # noqa: E402
+from ..images import image_grid, to_display_uint8  # noqa: E402
 
-
-def to_nhwc_uint8(x: torch.Tensor) -> np.ndarray:
-    """Images (B, C, H, W) in [-1, 1] (values outside are clipped) as uint8 (B, H, W, C) on 0..255."""
-    if x.ndim != 4:
-        raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-    return to_uint8(x.detach().float().cpu().clamp(-1, 1), 256).permute(0, 2, 3, 1).contiguous().numpy()
+to_nhwc_uint8 = to_display_uint8  # images (B, C, H, W) in [-1, 1] → uint8 (B, H, W, C) on 0..255
 
 
 def display_scale(height: int, target_px: int = 64) -> int:
@@ -124,4 +118,26 @@ def plot_class_histograms(path: str | Path, samples: Sequence[int], real: Sequen
     ax.bar(k + 0.2, real, width=0.4, label="real")
     ax.set(xlabel="predicted digit", ylabel="images", xticks=k)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def read_log(path: str | Path) -> list[dict[str, float]]:
+    """The trainer's log.csv as rows of floats."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_loss_curve(path: str | Path, log_csv: str | Path) -> Path:
+    """Training loss against step, overall and by quartile of t."""
+    rows = read_log(log_csv)
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in rows], color="black", lw=2, label="all t")
+    for q in range(1, 5):
+        ax.plot(steps, [r[f"loss_t_q{q}"] for r in rows], lw=1, label=f"t in quartile {q}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

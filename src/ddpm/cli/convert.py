@@ -1,0 +1,29 @@
+"""``ddpm convert``: diffusers DDPM directories (the official google/ddpm-* weights) to our checkpoints and back."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..interop.convert import from_diffusers, to_diffusers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="import/export diffusers DDPM checkpoints",
+                       description="Convert a diffusers DDPMPipeline directory (e.g. google/ddpm-cifar10-32, "
+                                   "downloaded beforehand) into a ddpm checkpoint, or a ddpm checkpoint into one.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-diffusers", metavar="DIR", help="diffusers pipeline directory to import")
+    src.add_argument("--to-diffusers", metavar="CKPT", help="ddpm checkpoint (or run directory) to export")
+    p.add_argument("--out", required=True, help="output checkpoint directory (import) or pipeline directory (export)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="weights to export (default: ema)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_diffusers:
+        path = from_diffusers(args.from_diffusers, args.out)
+        print(f"imported {args.from_diffusers} → {path} (use it with ddpm sample/nll --checkpoint {path})")
+    else:
+        path = to_diffusers(args.to_diffusers, args.out, args.weights)
+        print(f"exported {args.to_diffusers} → {path} (DDPMPipeline.from_pretrained('{path}') loads it)")
+    return 0
