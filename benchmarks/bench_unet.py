@@ -8,8 +8,8 @@ images/s of each, the ratio ours/diffusers, the FLOPs per image (counted with
 (measured here on a 4096² matmul). The two models alternate iteration by iteration (ABBA order) so
 that background load hits both alike; the medians and the minimums are both reported.
 
-    python benchmarks/bench_unet.py            # about 3 minutes on 2 idle cores
-    python benchmarks/bench_unet.py --quick    # about 30 seconds
+    python benchmarks/bench_unet.py            # about 2 minutes on 2 idle cores
+    python benchmarks/bench_unet.py --quick    # about 20 seconds
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the channels-last memory format (about 7% faster sampling, training unchanged; p
 contiguous so state dicts save as they are); q, k and v come from one matrix product and go through
 ``scaled_dot_product_attention``; the time-embedding and residual additions are in place; dropout
 draws its mask with ``rand_like``; SiLU is in place when no graph is recorded. The 3x3 convolutions
-(oneDNN) are ~95% of the FLOPs and already run near the machine's matmul peak, which bounds any gain.
+(oneDNN) are ~92% of the FLOPs and already run near the machine's matmul peak, which bounds any gain.
 """
 
 from __future__ import annotations
