@@ -324,12 +324,12 @@ PRESETS: dict[str, RunConfig] = {
     # scikit-learn's 8x8 digits: 17 grey levels (0..16), one channel; sized for a laptop CPU
     "digits": RunConfig(
         name="digits",
-        model=UNetConfig(image_size=8, in_channels=1, base_channels=64, channel_mults=(1, 2, 2),
-                         attn_resolutions=(4,), dropout=0.0),
+        model=UNetConfig(image_size=8, in_channels=1, base_channels=32, channel_mults=(1, 2, 2),
+                         attn_resolutions=(4,), dropout=0.0, num_groups=8),
         diffusion=DiffusionConfig(levels=17),
         data=DataConfig(dataset="digits", image_size=8, channels=1, random_flip=False),
-        train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=4000,
-                          log_every=50, sample_every=1000, checkpoint_every=1000),
+        train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=2500,
+                          log_every=50, sample_every=0, checkpoint_every=500),
     ),
     "toy2d": RunConfig(
         name="toy2d",

@@ -1,0 +1,75 @@
+"""The main job end to end at toy size: every output exists, the report renders, and a rerun repeats the numbers."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from ddpm.quickstart import QuickstartOptions, quickstart
+
+TINY = QuickstartOptions(steps=6, n_samples=8, ddim_steps=5, nll_images=4, t_per_batch=250, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, monkeypatch_module):
+    # a small U-Net so that the full pipeline (T = 1000 sampling and bound) runs in seconds
+    from ddpm import config
+
+    small = config.override(config.PRESETS["digits"], base_channels=16, channel_mults=[1, 2], num_groups=8,
+                            batch_size=32)
+    monkeypatch_module.setitem(config.PRESETS, "digits", small)
+    out = tmp_path_factory.mktemp("qs")
+    return out, quickstart(out / "a", TINY), quickstart(out / "b", TINY)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_outputs_and_same_numbers_on_a_second_run(tiny_run):
+    out, a, b = tiny_run
+    for name in ("report.html", "results.json", "samples_ancestral.png", "samples_ddim.png", "progressive.png",
+                 "rate_distortion.png", "loss.png", "real_test.png"):
+        assert (out / "a" / name).is_file(), name
+    ra = json.loads((out / "a" / "results.json").read_text())
+    rb = json.loads((out / "b" / "results.json").read_text())
+    for key in ("test_nll_bits_per_dim", "prior_bits_per_dim", "decoder_bits_per_dim", "ancestral", "ddim"):
+        assert ra[key] == rb[key], key
+    assert 0 < a.test_nll_bits_per_dim < 20 and a.ancestral["steps"] == 1000 and a.ddim["steps"] == 5
+    assert a.ancestral["fd_real_vs_real"] > 0
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_a_headless_browser_with_every_image_loaded(tiny_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed here (CI installs it)")
+    out, _, _ = tiny_run
+    page = out / "a" / "report.html"
+    html = page.read_text()
+    n_img = len(re.findall(r"<img ", html))
+    assert n_img >= 6
+    # a copy of the page that records, once loaded, how many images decoded with a real size
+    probe = page.with_name("probe.html")
+    probe.write_text(html.replace("</body>", "<script>window.addEventListener('load', () => {"
+                     "const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;"
+                     "document.body.setAttribute('data-loaded', ok + '/' + document.images.length);});"
+                     "</script></body>"))
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120)
+    match = re.search(r'data-loaded="(\d+)/(\d+)"', res.stdout)
+    assert match, res.stderr[-2000:]
+    assert match.group(1) == match.group(2) == str(n_img)
