@@ -67,6 +67,11 @@ def test_alpha_bar_that_stops_decreasing_is_refused():
         Schedule.from_betas(torch.full((2000,), 0.9999, dtype=torch.float64))
 
 
+def test_alpha_bar_too_small_for_float32_is_refused():
+    with pytest.raises(ConfigError, match="overflow float32"):
+        Schedule.from_betas(torch.full((200,), 0.5, dtype=torch.float64))  # ᾱ_T = 2⁻²⁰⁰
+
+
 def test_gather_reads_entry_t_minus_one():
     table = torch.arange(10, dtype=torch.float64) * 10
     out = gather(table, torch.tensor([1, 10, 5]), ndim=4)

@@ -57,6 +57,9 @@ def make_betas(name: ScheduleName, T: int, beta_start: float = 1e-4, beta_end: f
     raise ConfigError(f"unknown schedule {name!r}; expected one of linear, quadratic, constant, cosine")
 
 
+MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this makes 1/√ᾱ_T and its products overflow float32 (the linear schedule: 4e-5)
+
+
 # --- derived tables ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ class Schedule:
         alpha_bar = torch.cumprod(alphas, 0)
         if (alpha_bar[1:] >= alpha_bar[:-1]).any():
             raise ConfigError("ᾱ_t must be strictly decreasing in t (underflow in the schedule?)")
+        if alpha_bar[-1] < MIN_ALPHA_BAR:
+            raise ConfigError(
+                f"ᾱ_T = {alpha_bar[-1].item():.3g} is below {MIN_ALPHA_BAR:g}: 1/√ᾱ_T (Eq. 15) would overflow float32 "
+                "arithmetic; use fewer steps or smaller β"
+            )
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         beta_tilde = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
         # β̃_1 = 0: the posterior at t = 1 is a point mass; the log uses β̃_2 there (as the official code)
