@@ -168,3 +168,10 @@ def test_cli_refuses_a_batch_not_divisible_by_the_process_count(tmp_path):
     assert res.returncode != 0
     assert "batch_size=15 is not divisible by the number of processes (2)" in res.stderr
     assert not Path(tmp_path / "r").exists()
+
+
+def test_torch_compile_trains_on_the_cpu_like_eager(tmp_path):
+    """--compile wraps the network in torch.compile (inductor, C++ on the CPU); the losses match eager."""
+    eager = train(tiny(total_steps=2, log_every=1), tmp_path / "eager", progress=False)
+    compiled = train(tiny(total_steps=2, log_every=1, compile=True), tmp_path / "compiled", progress=False)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
