@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ddpm.checkpoint import save_model
@@ -51,3 +52,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Evaluation tests run single-threaded (so that float sums are comparable across processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

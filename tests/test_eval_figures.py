@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint
+from _eval_tiny import make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from ddpm.cli import build_parser, main
 from ddpm.evaluation.figures import grid_size, open_png, save_image_rows
 from ddpm.evaluation.interpolation import choose_pairs, default_t, lambda_grid
@@ -16,14 +16,6 @@ from ddpm.evaluation.progressive import evenly_spaced_times, progressive_x0, qua
 from ddpm.loading import load_model
 
 COMMANDS = ("nll", "rate-distortion", "sample", "progressive", "interpolate", "fid")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

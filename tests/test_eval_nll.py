@@ -9,20 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint, read_csv, run_cli
+from _eval_tiny import make_checkpoint, one_thread, read_csv, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
 from ddpm.data import build_dataset
 from ddpm.evaluation.figures import open_png
 from ddpm.evaluation.nll import bound_totals, merge_totals
 from ddpm.loading import load_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,13 @@ import math
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint, read_csv
+from _eval_tiny import make_checkpoint, one_thread, read_csv  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
 from ddpm.config import DataConfig, DiffusionConfig
 from ddpm.data import build_dataset
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.figures import open_png
 from ddpm.evaluation.rate_distortion import paper_times, rate_distortion, select_times
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def zero_eps(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

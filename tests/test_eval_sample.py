@@ -6,21 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from _eval_tiny import make_checkpoint, run_cli
+from _eval_tiny import make_checkpoint, one_thread, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
 from ddpm.evaluation.figures import grid_size, open_png
 from ddpm.evaluation.samples import SamplerSpec, generate
 from ddpm.loading import load_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
