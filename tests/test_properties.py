@@ -10,7 +10,8 @@ from ddpm.diffusion import GaussianDiffusion, p_mean_var_from_output, q_posterio
 from ddpm.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from ddpm.schedules import Schedule, make_betas
 
-SETTINGS = settings(max_examples=60, deadline=None)
+# derandomized: CI sees the same examples every run (a new failure shows up here first, not at random in CI)
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)
 schedule_names = st.sampled_from(["linear", "quadratic", "constant", "cosine"])
 
 
@@ -19,12 +20,11 @@ def schedules(draw):
     name = draw(schedule_names)
     T = draw(st.integers(1, 2000))
     start = draw(st.floats(1e-6, 0.05))
-    # β up to 0.05 over 2000 steps keeps ᾱ_T above the float32 limit (smaller ᾱ_T is refused, see test_schedules)
-    end = draw(st.floats(start, 0.05)) if name != "constant" else draw(st.floats(1e-6, 0.5))
-    if name == "constant":
-        # a constant β over many steps drives ᾱ_T below what float32 arithmetic can invert (refused, tested
-        # in test_schedules); stay above that limit
-        T = max(1, min(T, int(60 / -math.log1p(-end))))
+    end = draw(st.floats(start, 0.5)) if name != "constant" else draw(st.floats(1e-6, 0.5))
+    if name != "cosine":
+        # T·β large drives ᾱ_T below what float32 arithmetic can invert (refused, tested in test_schedules):
+        # keep −log ᾱ_T ≤ T·(−log(1 − max β)) ≤ 60
+        T = max(1, min(T, int(60 / -math.log1p(-max(start, end)))))
     return Schedule.from_betas(make_betas(name, T, start, end))
 
 
