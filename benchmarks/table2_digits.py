@@ -62,10 +62,13 @@ class CellResult:
 
 
 def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: str, steps: int, n_samples: int,
-             seed: int) -> CellResult:
-    """Train one cell with the shared budget and evaluate its EMA weights."""
-    cfg = override(preset("digits"), mean_type=mean_type, var_type=var_type, loss_type=loss_type,
-                   total_steps=steps, checkpoint_every=max(1, steps // 5), seed=seed)
+             seed: int, ema_decay: float | None = None, weights: str = "ema") -> CellResult:
+    """Train one cell with the shared budget and evaluate its EMA (or raw) weights."""
+    changes = dict(mean_type=mean_type, var_type=var_type, loss_type=loss_type, total_steps=steps,
+                   checkpoint_every=max(1, steps // 5), seed=seed)
+    if ema_decay is not None:
+        changes["ema_decay"] = ema_decay
+    cfg = override(preset("digits"), **changes)
     run_dir = out / f"{mean_type}-{var_type}-{loss_type}"
     tick = time.perf_counter()
     diverged = False
@@ -77,7 +80,7 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
     if latest_checkpoint(run_dir) is None:
         return CellResult(label, True, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, train_s, 0.0)
     tick = time.perf_counter()
-    m = load_model(run_dir)
+    m = load_model(run_dir, weights=weights)
     x = sample(m, m.diffusion, (n_samples, 1, 8, 8), sample_generators(seed, 0, n_samples))
     finite = bool(torch.isfinite(x).all())
     q = evaluate_digits(x.nan_to_num(0.0), seed=seed)
@@ -113,13 +116,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=256, help="samples per cell (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cells", help="comma-separated cell numbers 1..6 (default: all)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay (default: the preset's 0.999, which needs several "
+                                                    "thousand steps: after N steps the initial weights keep 0.999^N)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="weights evaluated (default ema)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [CELLS[int(i) - 1] for i in args.cells.split(",")] if args.cells else CELLS
     rows = []
     for label, *kinds in chosen:
-        rows.append(run_cell(out, label, *kinds, args.steps, args.samples, args.seed))
+        rows.append(run_cell(out, label, *kinds, args.steps, args.samples, args.seed, args.ema_decay, args.weights))
         print(f"{label}: {asdict(rows[-1])}", flush=True)
     table = markdown(rows, args.steps, args.samples)
     (out / "table2.md").write_text(table + "\n")
