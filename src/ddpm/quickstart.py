@@ -8,7 +8,6 @@ and the HTML report.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,8 +34,6 @@ from .evaluation.rate_distortion import rate_distortion_curve
 from .evaluation.report import Figure, write_report
 from .sampling import sample, sample_generators
 from .train import Trainer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ iterator of ``SampleStep``s so that progressive generation (Fig. 6) can watch x_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +30,6 @@ class SampleStep:
     x: Tensor         # x_{t−1}; at t = 1 this is the sample x_0
     pred_x0: Tensor   # x̂₀(x_t) (Eq. 15)
 
-
-Sampler = Callable[..., Iterator[SampleStep]]
 
 
 def ancestral_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
