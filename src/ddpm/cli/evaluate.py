@@ -71,6 +71,7 @@ def register_nll(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder", choices=("auto", "discretized", "continuous"), default="auto",
                    help="L_0: discretized (Eq. 13, images) or continuous (toy points); auto picks")
     p.add_argument("--save-terms", action="store_true", help="also write terms.npz (every term of every image)")
+    p.add_argument("--steps", type=int, help="bound of the chain respaced to this many steps (default: all T)")
     add_clip(p)
     p.set_defaults(func=run_nll_cmd)
 
@@ -79,7 +80,7 @@ def run_nll_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.nll import NLLOptions, run_nll
 
     r = run_nll(common_options(args), NLLOptions(data_choice(args), args.t_batch, not args.no_clip, args.decoder,
-                                                 args.save_terms))
+                                                 args.save_terms, args.steps))
     if r is not None:
         print(f"NLL {r.nll_bits_per_dim:.4f} ± {r.nll_stderr_bits_per_dim:.4f} bits/dim on {r.n_images} "
               f"{r.split} images (L_T {r.prior_bits_per_dim:.3e}, rate L_1..L_T {r.rate_bits_per_dim:.4f}, "

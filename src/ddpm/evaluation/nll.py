@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..sampling import sample_generators
+from ..schedules import spaced_steps
 from .common import (
     CommonOptions,
     DataChoice,
@@ -220,16 +221,23 @@ class NLLOptions:
     clip_denoised: bool = True          # clip x̂₀ to [-1, 1] inside p_θ (as the official evaluation)
     decoder: DecoderChoice = "auto"     # L_0: Eq. 13 for images, Gaussian density for toy points
     save_terms: bool = False            # also write every term of every image (terms.npz, N × T)
+    steps: int | None = None            # bound of the chain respaced to this many steps (None: all T)
+
+
+def chain(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
+    """The model's chain, or the same model on ``steps`` evenly respaced steps (a shorter, looser bound)."""
+    return diffusion if steps is None or steps == diffusion.T else diffusion.respaced(spaced_steps(diffusion.T, steps))
 
 
 def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch: int, clip_denoised: bool,
-                   decoder: Decoder, keep_terms: bool) -> tuple[BoundTotals | None, float]:
+                   decoder: Decoder, keep_terms: bool, steps: int | None = None) -> tuple[BoundTotals | None, float]:
     """This process's share of the bound on the chosen split, merged on rank 0 (None elsewhere); and seconds."""
     tick = time.perf_counter()
+    diffusion = chain(s.model.diffusion, steps)
     dataset = load_split(s.config, data)
     n = limited(len(dataset), common.limit)  # type: ignore[arg-type]
     mine = shard(range(n), s.workers)
-    part = bound_totals(s.model, s.model.diffusion, dataset, mine, common.seed, common.batch_size, t_batch,
+    part = bound_totals(s.model, diffusion, dataset, mine, common.seed, common.batch_size, t_batch,
                         clip_denoised, decoder, keep_terms, s.device, common.progress and s.progress_enabled)
     parts = gather_to_main(part, s.workers)
     return (merge_totals(parts) if parts is not None else None), time.perf_counter() - tick
@@ -240,7 +248,7 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
     with session(common) as s:
         decoder = resolve_decoder(options.decoder, is_image_model(s.config))
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
-                                         options.save_terms)
+                                         options.save_terms, options.steps)
         if totals is None:
             return None
         dataset = options.data.dataset or s.config.data.dataset

@@ -1,0 +1,235 @@
+"""Compress a set of images with a trained model into one file, and back, exactly.
+
+Images are coded in batches side by side (one chain each, one network call per step for the batch),
+all on one ANS stack. Each chain borrows bits before it returns them (about two latents' worth: x_1 and
+x_2 are popped before anything costly is pushed), so the stack starts with seeded random words for the
+first image; after that, batches grow only as fast as the images already coded can lend their bits
+(``batch_plan``), which keeps the start-up cost to about one image's borrowing instead of a batch's.
+Words the coder never reached are trimmed from the file, and the receiver checks that the words it ends
+with are exactly the seeded ones left — any difference in network outputs between the two sides shows
+up there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..loading import LoadedModel
+from ..schedules import spaced_steps
+from .chain import ChainCode, decode_chain, encode_chain, latent_grid
+from .container import Header, header_bytes, pack, unpack
+from .errors import CompressionError
+from .stack import Stack
+
+_INITIAL_SEED = 0x0DD9
+_MARGIN_WORDS = 2  # words kept below the lowest point the coder reached
+
+
+@dataclass(frozen=True)
+class CodecOptions:
+    """How the sender codes; everything here is recorded in the file."""
+
+    steps: int | None = None     # chain length: None = all T steps, fewer = evenly respaced
+    batch_size: int = 8          # most images coded side by side (batches ramp up to it, see batch_plan)
+    grid_log2: int = 0           # latent grid δ_t = 2^grid_log2 × the narrowest std coding x_t
+    window: int = 8              # coding windows of ± window standard deviations
+    clip_denoised: bool = True   # clip x̂₀ inside p_θ, as ``ddpm nll`` does
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """A compressed file's bytes and how they came about."""
+
+    data: bytes
+    header: Header
+    seconds: float
+
+    @property
+    def bits_per_dim(self) -> float:
+        """The whole file (header, payload, checksum) in bits per pixel value."""
+        h = self.header
+        return 8 * len(self.data) / (h.count * h.channels * h.height * h.width)
+
+    @property
+    def payload_bits_per_dim(self) -> float:
+        h = self.header
+        return 32 * h.payload_words / (h.count * h.channels * h.height * h.width)
+
+    @property
+    def initial_bits_per_dim(self) -> float:
+        """The random words the sender borrowed (part of the payload): the bits-back start-up cost."""
+        h = self.header
+        return 32 * (h.initial_words - h.trimmed_words) / (h.count * h.channels * h.height * h.width)
+
+
+@dataclass
+class Decompressed:
+    """Decoded images (integer levels) and x̂₀ previews taken on the way (Fig. 6)."""
+
+    images: np.ndarray                     # (N, C, H, W) uint8 levels 0..L−1
+    header: Header
+    seconds: float
+    previews: dict[int, np.ndarray] = field(default_factory=dict)  # t -> (N, C, H, W) float32 x̂₀
+
+
+def model_hash(model: LoadedModel) -> bytes:
+    """16 bytes identifying the network weights used and the diffusion they define."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"diffusion": model.config.to_dict()["diffusion"], "model": model.config.to_dict()["model"]},
+                        sort_keys=True).encode())
+    for name, tensor in sorted(model.net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()[:16]
+
+
+def image_shape(model: LoadedModel) -> tuple[int, int, int]:
+    """(C, H, W) of the images the model codes."""
+    if model.config.model.kind != "unet":
+        raise CompressionError("compression codes images: this checkpoint's model makes 2-D points (toy2d)")
+    d = model.config.data
+    return d.channels, d.image_size, d.image_size
+
+
+def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool) -> ChainCode:
+    """The chain both sides code with: the model's T steps, or ``steps`` of them evenly respaced."""
+    diffusion = model.diffusion
+    if steps != diffusion.T:
+        diffusion = diffusion.respaced(spaced_steps(diffusion.T, steps))
+    if window < 1:
+        raise CompressionError(f"window must be at least 1 standard deviation, got {window}")
+    return ChainCode(diffusion, latent_grid(diffusion.schedule, 2.0**grid_log2), float(window), clip_denoised)
+
+
+def batch_plan(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, size) of each batch: sizes ramp up as max(1, done // 2) until ``batch_size``."""
+    plan, done = [], 0
+    while done < count:
+        n = min(batch_size, max(1, done // 2), count - done)
+        plan.append((done, n))
+        done += n
+    return plan
+
+
+def initial_words(n: int) -> np.ndarray:
+    """The seeded random words a stack starts with (nonzero, so the coder reads them as given)."""
+    return np.random.default_rng(_INITIAL_SEED).integers(1, 2**32, size=n, dtype=np.uint32)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (network outputs must match the sender's bit for bit)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_images(images: np.ndarray, shape: tuple[int, int, int], levels: int) -> np.ndarray:
+    """``images`` as uint8 (N, C, H, W) levels, or a CompressionError naming what does not fit the model."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise CompressionError(f"images have shape {images.shape[1:] if images.ndim == 4 else images.shape}; "
+                               f"this model codes (N, {', '.join(map(str, shape))})")
+    if images.shape[0] == 0:
+        raise CompressionError("no images to compress")
+    if not np.issubdtype(images.dtype, np.integer) or images.min() < 0 or images.max() >= levels:
+        raise CompressionError(f"pixel levels must be integers in 0..{levels - 1} (the model's {levels} levels)")
+    return images.astype(np.uint8)
+
+
+@torch.inference_mode()
+def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = CodecOptions(),
+             progress: bool = False) -> Compressed:
+    """Code ``images`` (integer levels, (N, C, H, W)) into a self-describing file's bytes."""
+    tick = time.perf_counter()
+    shape, levels = image_shape(model), model.diffusion.levels
+    images = check_images(images, shape, levels)
+    steps = options.steps or model.diffusion.T
+    if not 1 <= steps <= model.diffusion.T:
+        raise CompressionError(f"steps must be in 1..{model.diffusion.T}, got {steps}")
+    if options.batch_size < 1:
+        raise CompressionError(f"batch_size must be at least 1, got {options.batch_size}")
+    code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised)
+    dims = int(np.prod(shape))
+    plan = batch_plan(len(images), options.batch_size)
+    # words for the first image to borrow: two latents of ≈ log2(√(2πe)/ratio) bits per value, ample margin
+    bits = 2 * (8 + max(0, -options.grid_log2))
+    n_init = math.ceil(dims * bits / 32) + 64
+    threads = torch.get_num_threads()
+    while True:
+        stack = Stack(initial_words(n_init))
+        bar = tqdm(total=len(plan) * code.T, desc="compress", unit="step", disable=not progress, leave=False)
+        for start, n in plan:
+            encode_chain(stack, model, code, images[start:start + n], bar.update)
+        bar.close()
+        if stack.low_water >= _MARGIN_WORDS:
+            break
+        n_init *= 4  # the first batch borrowed more than expected: start again with more words
+    trimmed = stack.low_water - _MARGIN_WORDS
+    payload = stack.words()[trimmed:]
+    header = Header(model_hash(model), len(images), *shape, levels, steps, options.batch_size, options.grid_log2,
+                    options.window, threads, options.clip_denoised, n_init, trimmed, int(payload.size))
+    return Compressed(pack(header, payload), header, time.perf_counter() - tick)
+
+
+@torch.inference_mode()
+def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: bool = False,
+               name: str = "the file") -> Decompressed:
+    """Decode a file's bytes with the model it was made with; ``previews`` x̂₀ snapshots along the way."""
+    tick = time.perf_counter()
+    header, payload = unpack(data, name)
+    if header.model_hash != model_hash(model):
+        raise CompressionError(f"{name} was made with a different model (hash {header.model_hash.hex()}, this "
+                               f"checkpoint's is {model_hash(model).hex()}): use the checkpoint and --weights "
+                               "it was compressed with")
+    shape = image_shape(model)
+    if (header.channels, header.height, header.width) != shape or header.levels != model.diffusion.levels:
+        raise CompressionError(f"{name} holds {header.channels}×{header.height}×{header.width} images at "
+                               f"{header.levels} levels; this model codes {'×'.join(map(str, shape))} at "
+                               f"{model.diffusion.levels}")
+    code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised)
+    preview_ts = set(spaced_steps(code.T, min(previews, code.T))) if previews > 0 else set()
+    shots: dict[int, np.ndarray] = {t: np.zeros((header.count, *shape), np.float32) for t in preview_ts}
+    out = np.zeros((header.count, *shape), dtype=np.uint8)
+    plan = batch_plan(header.count, header.batch)
+    stack = Stack(payload)
+    bar = tqdm(total=len(plan) * code.T, desc="decompress", unit="step", disable=not progress, leave=False)
+    astray = (f"{name} did not decode to a verified end: the network's outputs differ from the sender's "
+              "(another machine, torch build or thread count?) or the file was altered")
+    try:
+        with torch_threads(header.threads):
+            for start, n in reversed(plan):  # a stack: the last batch pushed comes off first
+                def on_step(t: int, pred_x0: torch.Tensor, start: int = start, n: int = n) -> None:
+                    bar.update(1)
+                    if t in shots:
+                        shots[t][start:start + n] = pred_x0.float().numpy()
+
+                out[start:start + n] = decode_chain(stack, model, code, (n, *shape), on_step)
+    except (CompressionError, ValueError, OverflowError) as e:
+        raise CompressionError(f"{astray} ({e})") from e
+    finally:
+        bar.close()
+    expected = initial_words(header.initial_words)[header.trimmed_words:]
+    left = stack.words()
+    if left.shape != expected.shape or not np.array_equal(left, expected):
+        raise CompressionError(astray)
+    return Decompressed(out, header, time.perf_counter() - tick, dict(sorted(shots.items(), reverse=True)))
+
+
+def overhead_bytes() -> int:
+    """Fixed bytes per file besides the ANS payload."""
+    return header_bytes()
