@@ -10,6 +10,11 @@ that background load hits both alike; the medians and the minimums are both repo
 
     python benchmarks/bench_unet.py            # about 2 minutes on 2 idle cores
     python benchmarks/bench_unet.py --quick    # about 20 seconds
+    python benchmarks/bench_unet.py --variants ours,ours+compile,ours+bf16,diffusers,diffusers+compile
+
+Variants: ``+compile`` runs the network through ``torch.compile`` (inductor; compile time excluded by the
+warm-up), ``+bf16`` under ``torch.autocast("cpu", torch.bfloat16)`` (AVX512-BF16 / AMX where the CPU has
+them; FLOPs and the peak fraction still refer to float32). Ratios are against eager float32 diffusers.
 """
 
 from __future__ import annotations
@@ -142,6 +147,23 @@ def make_step(model: torch.nn.Module, call: Callable, batch: int, train: bool) -
     return train_step
 
 
+def variant(name: str, ours: torch.nn.Module, theirs: torch.nn.Module) -> tuple[torch.nn.Module, Callable, str]:
+    """(module, call, base network name) for a variant such as "ours+compile+bf16"."""
+    base, *extras = name.split("+")
+    if base not in ("ours", "diffusers") or not set(extras) <= {"compile", "bf16"}:
+        raise SystemExit(f"unknown variant {name!r}: use ours or diffusers, optionally +compile and/or +bf16")
+    module = ours if base == "ours" else theirs
+    plain: Callable = (lambda m, x, t: m(x, t)) if base == "ours" else (lambda m, x, t: m(x, t).sample)
+    if "compile" in extras:
+        module = torch.compile(module)
+    if "bf16" in extras:
+        def call(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return plain(m, x, t).float()
+        return module, call, base
+    return module, plain, base
+
+
 def race(steps: dict[str, Callable[[], None]], warmup: int, iters: int) -> dict[str, list[float]]:
     """Seconds per step of each entry, alternating the order every iteration (ABBA...)."""
     names = list(steps)
@@ -165,6 +187,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per case (default 8; 5 at b>=32)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--variants", default="ours,diffusers",
+                        help="comma-separated: ours, diffusers, each optionally with +compile and/or +bf16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,17 +213,22 @@ def main() -> None:
         f"model: cifar10 preset, {count_parameters(ours):,} parameters (diffusers {diffusers.__version__}: "
         f"{count_parameters(theirs):,}); same weights, max |ours - diffusers| = {diff:.1e}"
     )
-    calls = {"ours": lambda m, x, t: m(x, t), "diffusers": lambda m, x, t: m(x, t).sample}
-    models = {"ours": ours, "diffusers": theirs}
+    names = args.variants.split(",")
+    if "diffusers" not in names:
+        names.append("diffusers")
+    models, calls, bases = {}, {}, {}
+    for name in names:
+        models[name], calls[name], bases[name] = variant(name, ours, theirs)
 
     cases = [("train", b) for b in args.train_batches] + [("infer", args.infer_batch)]
     rows = []
     for mode, batch in cases:
         train = mode == "train"
-        flops = {
+        base_flops = {
             name: count_flops(lambda m=model, c=calls[name], tr=train: pass_flops(m, c, tr))
-            for name, model in models.items()
-        }  # FLOPs per image, counted at batch 1
+            for name, model in (("ours", ours), ("diffusers", theirs))
+        }  # FLOPs per image, counted at batch 1 on the eager float32 networks
+        flops = {name: base_flops[bases[name]] for name in models}
         iters = args.iters or (5 if batch >= 32 else 8)
         steps = {name: make_step(models[name], calls[name], batch, train) for name in models}
         times = race(steps, args.warmup, iters)
@@ -208,15 +237,16 @@ def main() -> None:
         best = {n: batch / min(ts) for n, ts in times.items()}
         print(
             f"\n{'training step' if train else 'sampling forward'}, batch {batch}, {iters} iterations "
-            f"(FLOPs/image: {flops['ours'] / 1e9:.2f} G ours, {flops['diffusers'] / 1e9:.2f} G diffusers)"
+            f"(FLOPs/image: {base_flops['ours'] / 1e9:.2f} G ours, {base_flops['diffusers'] / 1e9:.2f} G diffusers)"
         )
-        print(f"  {'':10} {'img/s (median)':>15} {'img/s (best)':>13} {'% of matmul peak':>17}")
+        print(f"  {'':24} {'img/s (median)':>15} {'img/s (best)':>13} {'% of matmul peak':>17} {'/diffusers':>11}")
         for name in models:
             frac = flops[name] * med[name] / peak
-            print(f"  {name:10} {med[name]:15.2f} {best[name]:13.2f} {100 * frac:16.0f}%")
+            print(f"  {name:24} {med[name]:15.2f} {best[name]:13.2f} {100 * frac:16.0f}% "
+                  f"{med[name] / med['diffusers']:10.3f}×")
         print(
             f"  ratio ours/diffusers: {med['ours'] / med['diffusers']:.3f} (median), "
-            f"{best['ours'] / best['diffusers']:.3f} (best)"
+            f"{best['ours'] / best['diffusers']:.3f} (best)" if "ours" in models else ""
         )
     print(
         f"\nload average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "

@@ -96,3 +96,21 @@ def test_two_processes_equal_one(ckpt, tmp_path):
     assert [r["index"] for r in rows_b] == [str(i) for i in range(7)]
     np.testing.assert_allclose([float(r["total_bits_per_dim"]) for r in rows_b],
                                [float(r["total_bits_per_dim"]) for r in rows_a], rtol=1e-5)
+
+
+def test_steps_gives_the_bound_of_the_respaced_chain(ckpt, tmp_path):
+    """``--steps K``: the bound of the K-step chain through evenly spaced steps (what compression at K steps costs)."""
+    from ddpm.schedules import spaced_steps
+
+    out = tmp_path / "nll5"
+    assert main(["nll", "--checkpoint", str(ckpt), "--out", str(out), "--limit", "4", "--steps", "5",
+                 "--no-progress"]) == 0
+    s = json.loads((out / "nll.json").read_text())
+    assert s["T"] == 5 and len(read_csv(out / "terms.csv")) == 5
+    m = load_model(ckpt)
+    ds = build_dataset(m.config.data, "test", m.config.diffusion.levels)
+    respaced = bound_totals(m, m.diffusion.respaced(spaced_steps(20, 5)), ds, range(4), seed=0, t_per_batch=5)
+    full = bound_totals(m, m.diffusion, ds, range(4), seed=0, t_per_batch=10)
+    assert s["nll_bits_per_dim"] == pytest.approx(respaced.total_bpd.mean().item(), rel=1e-5)
+    assert abs(s["nll_bits_per_dim"] - full.total_bpd.mean().item()) > 1e-3
+    assert main(["nll", "--checkpoint", str(ckpt), "--out", str(tmp_path / "bad"), "--steps", "21"]) == 2
