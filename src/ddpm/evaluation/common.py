@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from ..config import DataConfig, RunConfig, from_dict, to_dict
 from ..data import build_dataset
 from ..loading import LoadedModel, load_model
-from .parallel import Workers, close_workers, device_for, init_workers
+from ..processes import ProcessGroup, device_for, leave_processes
+from .parallel import join_evaluation
 
 Split = Literal["train", "test"]
 
@@ -58,7 +59,7 @@ class Session:
 
     model: LoadedModel
     device: torch.device
-    workers: Workers
+    workers: ProcessGroup
     out: Path
 
     @property
@@ -73,16 +74,16 @@ class Session:
 @contextmanager
 def session(common: CommonOptions) -> Iterator[Session]:
     """Join the workers, load the model on the device and make the output folder (rank 0); tear down after."""
-    workers = init_workers()
+    workers = join_evaluation()
     try:
-        device = device_for(common.device, workers)
+        device = device_for(common.device, workers.local_rank)
         model = load_model(common.checkpoint, common.weights, device)
         out = Path(common.out)
         if workers.is_main:
             out.mkdir(parents=True, exist_ok=True)
         yield Session(model, device, workers, out)
     finally:
-        close_workers(workers)
+        leave_processes(workers)
 
 
 def image_shape(cfg: RunConfig) -> tuple[int, ...]:

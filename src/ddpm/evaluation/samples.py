@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint
 from ..config import RunConfig
 from ..diffusion import GaussianDiffusion, Model
+from ..processes import leave_processes
 from ..sampling import SamplerName, sample, sample_generators
 from .common import (
     CommonOptions,
@@ -36,7 +37,7 @@ from .common import (
 from .digits_metric import DigitsQuality, evaluate_digits
 from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
 from .figures import plot_class_histograms, plot_points, save_image_grid, to_nhwc_uint8
-from .parallel import close_workers, gather_to_main, init_workers, shard
+from .parallel import gather_to_main, join_evaluation, shard
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class FidReport:
 
 def run_fid(options: FidOptions) -> FidReport | None:
     """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    workers = init_workers()
+    workers = join_evaluation()
     try:
         if not workers.is_main:
             return None  # the metrics accumulate inside torchmetrics: one process does all of it
@@ -224,7 +225,7 @@ def run_fid(options: FidOptions) -> FidReport | None:
                          world_size=workers.world_size)
         return report
     finally:
-        close_workers(workers)
+        leave_processes(workers)
 
 
 def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:

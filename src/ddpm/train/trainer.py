@@ -30,8 +30,9 @@ from ..data import build_dataset, random_flip
 from ..diffusion import GaussianDiffusion, randn
 from ..images import save_grid
 from ..nets import build_model
+from ..processes import ProcessGroup, device_for
 from ..sampling import sample
-from .distributed import ProcessGroup, all_ranks_ok, barrier, device_for, init_distributed
+from .distributed import all_ranks_ok, barrier, join_training
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         tc = cfg.train
         self.device = device_for(device)
-        self.group = init_distributed(self.device)
+        self.group = join_training(self.device)
         self.device = device_for(device, self.group.local_rank)
         if tc.batch_size % self.group.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the number of processes "
