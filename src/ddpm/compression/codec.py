@@ -79,7 +79,7 @@ class Decompressed:
     images: np.ndarray                     # (N, C, H, W) uint8 levels 0..L−1
     header: Header
     seconds: float
-    previews: dict[int, np.ndarray] = field(default_factory=dict)  # t -> (N, C, H, W) float32 x̂₀
+    previews: dict[int, np.ndarray] = field(default_factory=dict)  # t (of the full chain) -> x̂₀ (N, C, H, W)
 
 
 def model_hash(model: LoadedModel) -> bytes:
@@ -227,7 +227,9 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
     left = stack.words()
     if left.shape != expected.shape or not np.array_equal(left, expected):
         raise CompressionError(astray)
-    return Decompressed(out, header, time.perf_counter() - tick, dict(sorted(shots.items(), reverse=True)))
+    paper_time = code.diffusion.schedule.timesteps  # previews are named by the original chain's t
+    return Decompressed(out, header, time.perf_counter() - tick,
+                        {int(paper_time[t - 1]) + 1: shots[t] for t in sorted(shots, reverse=True)})
 
 
 def overhead_bytes() -> int:
