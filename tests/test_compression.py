@@ -215,6 +215,10 @@ def test_images_that_do_not_fit_the_model_are_refused(ckpt):
         compress(model, np.full((2, 1, 8, 8), LEVELS, np.uint8))
     with pytest.raises(CompressionError, match="no images"):
         compress(model, np.zeros((0, 1, 8, 8), np.uint8))
+    for bad, match in [(dict(window=0), "window"), (dict(grid_log2=9), "grid_log2"), (dict(batch_size=0), "batch_size"),
+                       (dict(steps=21), "steps")]:
+        with pytest.raises(CompressionError, match=match):
+            compress(model, np.zeros((1, 1, 8, 8), np.uint8), CodecOptions(**bad))
 
 
 def test_image_files_are_read_exactly_or_refused(tmp_path):

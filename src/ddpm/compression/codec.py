@@ -107,8 +107,10 @@ def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip
     diffusion = model.diffusion
     if steps != diffusion.T:
         diffusion = diffusion.respaced(spaced_steps(diffusion.T, steps))
-    if window < 1:
-        raise CompressionError(f"window must be at least 1 standard deviation, got {window}")
+    if not 1 <= window <= 255:
+        raise CompressionError(f"window must be 1..255 standard deviations, got {window}")
+    if not -8 <= grid_log2 <= 4:
+        raise CompressionError(f"grid_log2 must be in -8..4 (δ_t of 1/256 to 16 std), got {grid_log2}")
     return ChainCode(diffusion, latent_grid(diffusion.schedule, 2.0**grid_log2), float(window), clip_denoised)
 
 
@@ -161,8 +163,8 @@ def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = Cod
     steps = options.steps or model.diffusion.T
     if not 1 <= steps <= model.diffusion.T:
         raise CompressionError(f"steps must be in 1..{model.diffusion.T}, got {steps}")
-    if options.batch_size < 1:
-        raise CompressionError(f"batch_size must be at least 1, got {options.batch_size}")
+    if not 1 <= options.batch_size <= 4096:
+        raise CompressionError(f"batch_size must be in 1..4096, got {options.batch_size}")
     code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised)
     dims = int(np.prod(shape))
     plan = batch_plan(len(images), options.batch_size)
