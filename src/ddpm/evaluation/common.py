@@ -55,11 +55,11 @@ class DataChoice:
 
 @dataclass
 class Session:
-    """A loaded model on its device, this process's place among the workers, and the output folder."""
+    """A loaded model on its device, this process's place among the processes, and the output folder."""
 
     model: LoadedModel
     device: torch.device
-    workers: ProcessGroup
+    group: ProcessGroup
     out: Path
 
     @property
@@ -68,22 +68,22 @@ class Session:
 
     @property
     def progress_enabled(self) -> bool:
-        return self.workers.is_main
+        return self.group.is_main
 
 
 @contextmanager
 def session(common: CommonOptions) -> Iterator[Session]:
-    """Join the workers, load the model on the device and make the output folder (rank 0); tear down after."""
-    workers = join_evaluation()
+    """Join the processes, load the model on the device and make the output folder (rank 0); tear down after."""
+    group = join_evaluation()
     try:
-        device = device_for(common.device, workers.local_rank)
+        device = device_for(common.device, group.local_rank)
         model = load_model(common.checkpoint, common.weights, device)
         out = Path(common.out)
-        if workers.is_main:
+        if group.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        yield Session(model, device, workers, out)
+        yield Session(model, device, group, out)
     finally:
-        leave_processes(workers)
+        leave_processes(group)
 
 
 def image_shape(cfg: RunConfig) -> tuple[int, ...]:
@@ -186,7 +186,7 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
 def write_run_info(s: Session, command: str, options: Any) -> list[Path]:
     """``args.json`` (the resolved options, checkpoint step, processes) and ``config.json`` (the model's config)."""
     return write_info_files(s.out, command, options, s.config.to_dict(), checkpoint_step=s.model.step,
-                            weights_used=s.model.weights, world_size=s.workers.world_size, device=str(s.device))
+                            weights_used=s.model.weights, world_size=s.group.world_size, device=str(s.device))
 
 
 def write_info_files(out: Path, command: str, options: Any, config: dict[str, Any] | None,

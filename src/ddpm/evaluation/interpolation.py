@@ -112,10 +112,10 @@ def run_interpolate(common: CommonOptions,
         pairs = choose_pairs(len(dataset), options.pairs, common.seed, options.indices)  # type: ignore[arg-type]
         pairs = pairs[:limited(len(pairs), common.limit)]
         images = torch.stack([torch.stack([dataset[a], dataset[b]]) for a, b in pairs])
-        rows = shard(range(len(pairs) * len(times)), s.workers)
+        rows = shard(range(len(pairs) * len(times)), s.group)
         part = interpolation_rows(s.model, s.model.diffusion, images, times, lambdas, common.seed, rows,
                                   options.clip_denoised, s.device, common.progress and s.progress_enabled)
-        parts = gather_to_main(part, s.workers)
+        parts = gather_to_main(part, s.group)
         if parts is None:
             return None
         result = write_interpolation(s.out, torch.cat(parts), pairs, times, lambdas)

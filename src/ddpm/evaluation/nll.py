@@ -236,10 +236,10 @@ def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch:
     diffusion = chain(s.model.diffusion, steps)
     dataset = load_split(s.config, data)
     n = limited(len(dataset), common.limit)  # type: ignore[arg-type]
-    mine = shard(range(n), s.workers)
+    mine = shard(range(n), s.group)
     part = bound_totals(s.model, diffusion, dataset, mine, common.seed, common.batch_size, t_batch,
                         clip_denoised, decoder, keep_terms, s.device, common.progress and s.progress_enabled)
-    parts = gather_to_main(part, s.workers)
+    parts = gather_to_main(part, s.group)
     return (merge_totals(parts) if parts is not None else None), time.perf_counter() - tick
 
 

@@ -145,10 +145,10 @@ def run_progressive(common: CommonOptions,
 
 def _fig6(s: Session, common: CommonOptions, options: ProgressiveOptions, at: list[int]) -> Tensor | None:
     """This rank's Fig. 6 rows, merged on rank 0."""
-    rows = shard(range(limited(options.rows, common.limit)), s.workers)
+    rows = shard(range(limited(options.rows, common.limit)), s.group)
     part = progressive_x0(s.model, s.model.diffusion, image_shape(s.config), at, common.seed, rows,
                           options.clip_denoised, s.device, common.progress and s.progress_enabled)
-    parts = gather_to_main(part, s.workers)
+    parts = gather_to_main(part, s.group)
     return torch.cat(parts) if parts is not None else None
 
 
@@ -167,10 +167,10 @@ def _test_images(s: Session, common: CommonOptions, options: ProgressiveOptions)
 def _fig7(s: Session, common: CommonOptions, options: ProgressiveOptions, images: Tensor,
           share_t: list[int]) -> Tensor | None:
     """This rank's Fig. 7 rows, merged on rank 0."""
-    rows = shard(range(images.shape[0] * len(share_t)), s.workers)
+    rows = shard(range(images.shape[0] * len(share_t)), s.group)
     part = shared_xt_rows(s.model, s.model.diffusion, images, share_t, options.share_samples, common.seed + 1, rows,
                           options.clip_denoised, s.device, common.progress and s.progress_enabled)
-    parts = gather_to_main(part, s.workers)
+    parts = gather_to_main(part, s.group)
     return torch.cat(parts) if parts is not None else None
 
 

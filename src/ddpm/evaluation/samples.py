@@ -124,16 +124,16 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
     with session(common) as s:
         n = min(options.n, common.limit) if common.limit is not None else options.n
         shape = image_shape(s.config)
-        mine = shard(range(n), s.workers)
+        mine = shard(range(n), s.group)
         tick = time.perf_counter()
         part = generate(s.model, s.model.diffusion, shape, options.spec, common.seed, mine, common.batch_size,
                         s.device, common.progress and s.progress_enabled)
-        parts = gather_to_main(part, s.workers)
+        parts = gather_to_main(part, s.group)
         if parts is None:
             return None
         seconds = time.perf_counter() - tick
         result = write_samples(s.out, options, np.concatenate(parts), is_image_model(s.config), seconds,
-                               s.model.diffusion.T, s.workers.world_size)
+                               s.model.diffusion.T, s.group.world_size)
         write_run_info(s, "sample", {"common": common, "sample": options})
         return result
 
@@ -209,9 +209,9 @@ class FidReport:
 
 def run_fid(options: FidOptions) -> FidReport | None:
     """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    workers = join_evaluation()
+    group = join_evaluation()
     try:
-        if not workers.is_main:
+        if not group.is_main:
             return None  # the metrics accumulate inside torchmetrics: one process does all of it
         cfg = _checkpoint_config(options.checkpoint)
         digits = options.digits if options.digits is not None else (
@@ -222,10 +222,10 @@ def run_fid(options: FidOptions) -> FidReport | None:
         report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg)
         save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
         write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
-                         world_size=workers.world_size)
+                         world_size=group.world_size)
         return report
     finally:
-        leave_processes(workers)
+        leave_processes(group)
 
 
 def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:
