@@ -70,3 +70,9 @@ def device_for(requested: str, local_rank: int = 0) -> torch.device:
             raise ValueError("--device cuda was asked for but torch sees no CUDA device")
         return torch.device("cuda", local_rank)
     return torch.device(requested)
+
+
+def barrier(group: ProcessGroup) -> None:
+    """Wait for every process (no-op for one)."""
+    if group.distributed:
+        dist.barrier()

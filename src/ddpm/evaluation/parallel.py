@@ -56,9 +56,3 @@ def broadcast_from_main(obj: Any, group: ProcessGroup) -> Any:
     box = [obj if group.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier(group: ProcessGroup) -> None:
-    """Wait for every process (no-op for one)."""
-    if group.distributed:
-        dist.barrier()

@@ -13,12 +13,6 @@ def join_training(device: torch.device) -> ProcessGroup:
     return join_processes("nccl" if device.type == "cuda" else "gloo")
 
 
-def barrier(group: ProcessGroup) -> None:
-    """Wait for every process (no-op for one)."""
-    if group.distributed:
-        dist.barrier()
-
-
 def all_ranks_ok(ok: bool, group: ProcessGroup, device: torch.device) -> bool:
     """True only when every process says ``ok`` (so that all stop together)."""
     if not group.distributed:

@@ -30,9 +30,9 @@ from ..data import build_dataset, random_flip
 from ..diffusion import GaussianDiffusion, randn
 from ..images import save_grid
 from ..nets import build_model
-from ..processes import ProcessGroup, device_for
+from ..processes import ProcessGroup, barrier, device_for
 from ..sampling import sample
-from .distributed import all_ranks_ok, barrier, join_training
+from .distributed import all_ranks_ok, join_training
 from .ema import EMA
 
 log = logging.getLogger(__name__)
