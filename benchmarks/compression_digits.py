@@ -30,7 +30,7 @@ from PIL import Image
 from ddpm.compression import CodecOptions, compress, decompress
 from ddpm.compression.files import write_images
 from ddpm.data.digits import digits_dataset
-from ddpm.data.levels import requantize, to_uint8
+from ddpm.data.levels import from_uint8, requantize, to_uint8
 from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.nll import bound_totals, chain
 from ddpm.loading import load_model
@@ -39,7 +39,7 @@ from ddpm.loading import load_model
 def bound(model, images: np.ndarray, steps: int) -> tuple[float, float]:
     """Mean ± standard error of the full bound (bits/dim) on the chain of ``steps`` steps, as ``ddpm nll``."""
     levels = model.diffusion.levels
-    x0 = [torch.from_numpy(2.0 * k / (levels - 1) - 1).float() for k in images]
+    x0 = [from_uint8(k, levels) for k in images]
     totals = bound_totals(model, chain(model.diffusion, steps), x0, range(len(x0)), seed=0, batch_size=16,
                           t_per_batch=10, clip_denoised=True, decoder="discretized")
     return mean_and_stderr(totals.total_bpd)

@@ -68,6 +68,8 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
+    import torch
+
     from ..compression import decompress
     from ..compression.files import write_images
     from ..images import save_grid
@@ -79,8 +81,6 @@ def run_decompress(args: argparse.Namespace) -> int:
     result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path))
     out = Path(args.out)
     write_images(out, result.images, result.header.levels)
-    import torch
-
     for t, x0 in result.previews.items():
         save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0[:100]))
     extra = f", {len(result.previews)} x̂₀ previews in {out / 'previews'}" if result.previews else ""

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..loading import LoadedModel
 from ..schedules import spaced_steps
 from .chain import ChainCode, decode_chain, encode_chain, latent_grid
-from .container import Header, header_bytes, pack, unpack
+from .container import Header, pack, unpack
 from .errors import CompressionError
 from .stack import Stack
 
@@ -85,8 +85,8 @@ class Decompressed:
 def model_hash(model: LoadedModel) -> bytes:
     """16 bytes identifying the network weights used and the diffusion they define."""
     h = hashlib.sha256()
-    h.update(json.dumps({"diffusion": model.config.to_dict()["diffusion"], "model": model.config.to_dict()["model"]},
-                        sort_keys=True).encode())
+    config = model.config.to_dict()
+    h.update(json.dumps({"diffusion": config["diffusion"], "model": config["model"]}, sort_keys=True).encode())
     for name, tensor in sorted(model.net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -194,9 +194,10 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
     """Decode a file's bytes with the model it was made with; ``previews`` x̂₀ snapshots along the way."""
     tick = time.perf_counter()
     header, payload = unpack(data, name)
-    if header.model_hash != model_hash(model):
+    ours = model_hash(model)
+    if header.model_hash != ours:
         raise CompressionError(f"{name} was made with a different model (hash {header.model_hash.hex()}, this "
-                               f"checkpoint's is {model_hash(model).hex()}): use the checkpoint and --weights "
+                               f"checkpoint's is {ours.hex()}): use the checkpoint and --weights "
                                "it was compressed with")
     shape = image_shape(model)
     if (header.channels, header.height, header.width) != shape or header.levels != model.diffusion.levels:
@@ -232,8 +233,3 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
     paper_time = code.diffusion.schedule.timesteps  # previews are named by the original chain's t
     return Decompressed(out, header, time.perf_counter() - tick,
                         {int(paper_time[t - 1]) + 1: shots[t] for t in sorted(shots, reverse=True)})
-
-
-def overhead_bytes() -> int:
-    """Fixed bytes per file besides the ANS payload."""
-    return header_bytes()

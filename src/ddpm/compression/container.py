@@ -72,8 +72,3 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
         raise CompressionError(f"{name} is corrupted: its CRC-32 checksum does not match its contents")
     payload = np.frombuffer(body, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     return header, payload
-
-
-def header_bytes() -> int:
-    """Bytes of header and checksum around the payload."""
-    return _HEADER.size + _CRC.size
