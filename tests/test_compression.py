@@ -17,8 +17,6 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.loading import load_model
 from ddpm.schedules import Schedule, linear_betas, spaced_steps
 
-pytest.importorskip("constriction")
-
 LEVELS = 17
 
 
