@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
-
-from ..checkpoint import CheckpointError
-from ..config import ConfigError
+from typing import NoReturn
 
 # subcommand modules, each with ``register(subparsers)``; a module that is not there yet is skipped
 _COMMANDS = ("quickstart", "train", "evaluate", "convert", "compress")
+DEBUG_ENV = "DDPM_DEBUG"  # set to 1 to see the traceback of every error, as --debug does
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage is one ``--help`` away, not printed above every mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
     import importlib
 
-    parser = argparse.ArgumentParser(
-        prog="ddpm", description="Denoising Diffusion Probabilistic Models: train, sample, evaluate."
-    )
+    parser = Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models: train, sample, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         try:
@@ -32,6 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """One line for an error and the exit code: 2 for what a user can cause and mend, 1 for a bug of ours."""
+    from ..train import NonFiniteError
+
+    if isinstance(e, (ValueError, NonFiniteError)):  # our error classes (ConfigError, CheckpointError, ...) included
+        return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__, 2
+    if isinstance(e, OSError):  # a missing, unreadable or read-only path, a full disk, ...
+        what = e.strerror or str(e) or type(e).__name__
+        if e.errno == errno.ENOSPC:
+            what = "no space left on the device"
+        where = f": {e.filename}" if e.filename else ""
+        also = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+        return f"{what}{where}{also}", 2
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --batch-size)", 2
+    detail = str(e).splitlines()[0] if str(e) else ""
+    return (f"internal error {type(e).__name__}{': ' + detail if detail else ''} — this is a bug in ddpm; "
+            f"rerun with --debug for the traceback and report it"), 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,12 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # user errors: one clear line, no traceback
-        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        line, code = describe_error(e)
+        print(f"ddpm {args.command}: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

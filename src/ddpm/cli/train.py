@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "lsun_cat256, digits, toy2d (optional with --resume)")
     p.add_argument("--data", help="dataset path (CIFAR-10 archive or folder, image folder, LMDB, .npz)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, sample grids)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "latest-valid"),
+                   help="continue the run in --out from its latest checkpoint; 'latest-valid' skips (and sets "
+                        "aside) damaged checkpoints and continues from the newest intact one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an --out that already holds files other than a ddpm run")
     p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
@@ -36,7 +40,10 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         saved = Path(args.out) / "config.json"
         if not saved.exists():
             raise FileNotFoundError(f"--resume without --preset needs {saved}")
-        cfg = RunConfig.from_dict(json.loads(saved.read_text()))
+        try:
+            cfg = RunConfig.from_dict(json.loads(saved.read_text()))
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"{saved} is not a readable run config: {e}") from None
     else:
         raise ConfigError("--preset is required (or --resume an existing run)")
     return override(cfg, **changes) if changes else cfg
@@ -49,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..train import train
 
-    result = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    result = train(cfg, args.out, resume=args.resume or False, device=args.device, progress=not args.no_progress,
+                   overwrite=args.overwrite)
     print(f"trained {cfg.name} to step {result.step} in {result.run_dir}")
     return 0

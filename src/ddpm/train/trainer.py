@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
@@ -17,19 +18,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside_checkpoint,
+)
 from ..config import ConfigError, RunConfig
 from ..data import build_dataset, random_flip
 from ..diffusion import GaussianDiffusion, randn
 from ..images import save_grid
 from ..nets import build_model
+from ..outputs import OutputDir, RunLock, check_output_dir, write_text
 from ..processes import ProcessGroup, barrier, device_for
 from ..sampling import sample
 from .distributed import all_ranks_ok, join_training
@@ -44,6 +54,7 @@ RESUMABLE_CHANGES = {
 }
 GRID_SAMPLES = 64
 GRID_STEPS = 100  # periodic grids use a respaced 100-step ancestral chain to stay cheap
+Resume = bool | Literal["latest", "latest-valid"]  # True is "latest"; "latest-valid" skips damaged checkpoints
 
 
 class NonFiniteError(RuntimeError):
@@ -135,9 +146,9 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
 class Trainer:
     """Trains one run directory; everything that can be wrong is checked before any state changes."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, device: str = "auto",
-                 progress: bool = True, dataset: Dataset | None = None) -> None:
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = "auto",
+                 progress: bool = True, dataset: Dataset | None = None, overwrite: bool = False) -> None:
+        self.cfg, self.run_dir, self.progress, self.overwrite = cfg, Path(run_dir), progress, overwrite
         tc = cfg.train
         self.device = device_for(device)
         self.group = join_training(self.device)
@@ -149,7 +160,10 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train", cfg.diffusion.levels)
         if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
+        check_output_dir(self.run_dir, "train", overwrite)  # a folder of someone else's files is no run directory
+        self.damaged: list[Path] = []  # newer checkpoints that failed validation ("latest-valid" sets them aside)
         self.resume_from = self._resume_checkpoint(resume)
+        self.seen_latest = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
         if self.resume_from is not None:
             check_resume_config(cfg, self.resume_from.config)
 
@@ -167,16 +181,38 @@ class Trainer:
         self.model = self._wrap(self.net)
 
     # setup
-    def _resume_checkpoint(self, resume: bool) -> Checkpoint | None:
-        existing = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
-        if resume:
-            if existing is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
-            return load_checkpoint(existing)
-        if existing is not None:
-            raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing.name}); pass --resume to "
-                              "continue that run or choose another --out")
-        return None
+    def _resume_checkpoint(self, resume: Resume) -> Checkpoint | None:
+        if resume not in (False, True, "latest", "latest-valid"):
+            raise ConfigError(f"--resume must be 'latest' or 'latest-valid', got {resume!r}")
+        existing = list_checkpoints(self.run_dir) if self.run_dir.exists() else []
+        if not resume:
+            if existing:
+                raise ConfigError(f"{self.run_dir} already holds checkpoints ({existing[-1].name}); pass --resume "
+                                  "to continue that run or choose another --out")
+            return None
+        if not existing:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
+        try:
+            return load_checkpoint(existing[-1])
+        except CheckpointError as damage:
+            first_damage = damage
+        # the newest checkpoint is damaged: find the newest intact one
+        self.damaged = [existing[-1]]
+        for path in reversed(existing[:-1]):
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError:
+                self.damaged.append(path)
+                continue
+            if resume != "latest-valid":
+                raise CheckpointError(
+                    f"the latest checkpoint is damaged ({first_damage}); the newest intact one is {path.name}: "
+                    "pass --resume latest-valid to continue from it (the damaged ones are set aside, not deleted)")
+            log.warning("resuming from %s: the newer %s failed validation and will be set aside",
+                        path.name, ", ".join(p.name for p in self.damaged))
+            return ckpt
+        raise CheckpointError(f"no intact checkpoint in {self.run_dir / 'checkpoints'}; the latest is damaged "
+                              f"({first_damage})")
 
     def _restore(self, ckpt: Checkpoint) -> None:
         self.net.load_state_dict(ckpt.model)
@@ -204,12 +240,29 @@ class Trainer:
     # the loop
     def run(self) -> TrainResult:
         """Train until ``train.total_steps``; checkpoints, logs and grids go into the run directory."""
+        with OutputDir(self.run_dir, "train", overwrite=self.overwrite, active=self.group.is_main), self._lock():
+            return self._run()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One writer per run directory (rank 0 holds the lock for all processes of the run)."""
+        if not self.group.is_main:
+            yield
+            return
+        with RunLock(self.run_dir):
+            if latest_checkpoint(self.run_dir) != self.seen_latest:
+                raise ConfigError(f"{self.run_dir} changed while this run was being prepared (another ddpm train "
+                                  "wrote it); start again")
+            yield
+
+    def _run(self) -> TrainResult:
         tc = self.cfg.train
         result = TrainResult(self.run_dir, self.step, self.step)
         if self.group.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        logger = _Logger(self.run_dir, self.group.is_main, resume=self.resume_from is not None)
+            for path in self.damaged:
+                log.warning("set aside the damaged checkpoint %s as %s", path.name, set_aside_checkpoint(path).name)
+            write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
+        logger = _Logger(self.run_dir, self.group.is_main, resume_step=self.step if self.resume_from else None)
         loader = DataLoader(self.dataset, batch_sampler=_StepBatches(len(self.dataset), tc.batch_size, tc.seed,
                                                                     self.step, tc.total_steps, self.group),
                             num_workers=tc.num_workers,
@@ -317,10 +370,11 @@ class Trainer:
         barrier(self.group)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, device: str = "auto", progress: bool = True,
-          dataset: Dataset | None = None) -> TrainResult:
+def train(cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = "auto", progress: bool = True,
+          dataset: Dataset | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (Algorithm 1); see ``Trainer``."""
-    return Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, dataset=dataset).run()
+    return Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, dataset=dataset,
+                   overwrite=overwrite).run()
 
 
 # --- logging -----------------------------------------------------------------------------------
@@ -362,22 +416,25 @@ class _Logger:
     FIELDS = ["step", "loss", "loss_t_q1", "loss_t_q2", "loss_t_q3", "loss_t_q4", "grad_norm", "lr", "img_per_s",
               "wall_s"]
 
-    def __init__(self, run_dir: Path, active: bool, resume: bool) -> None:
+    def __init__(self, run_dir: Path, active: bool, resume_step: int | None) -> None:
         self.active, self.start = active, time.time()
         self.file = None
         self.tb = None
         if not active:
             return
         path = run_dir / "log.csv"
-        new = not (resume and path.exists())
-        self.file = path.open("w" if new else "a", newline="")
+        if resume_step is not None and path.exists():
+            _truncate_log(path, resume_step, self.FIELDS)  # rows past the checkpoint are logged again
+        else:
+            write_text(path, ",".join(self.FIELDS) + "\r\n")
+        self.file = path.open("a", newline="")
         self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
-        if new:
-            self.csv.writeheader()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step: events a killed run logged after its checkpoint are dropped, as log.csv's rows are
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
         except ImportError:
             log.info("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
 
@@ -395,3 +452,21 @@ class _Logger:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate_log(path: Path, step: int, fields: list[str]) -> None:
+    """Keep the rows of ``log.csv`` up to ``step`` (the checkpoint resumed from), rewritten atomically."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if _row_step(r) <= step]
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _row_step(row: dict[str, Any]) -> float:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return math.inf  # a torn last line from a killed run
