@@ -16,7 +16,6 @@ previous complete checkpoints loadable; leftovers are ignored when listing and r
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -32,6 +31,8 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+
+from .outputs import fsync_dir, replace_dir
 
 FORMAT_NAME = "ddpm-checkpoint"
 FORMAT_VERSION = 1  # bump when a reader of the previous version would misread a new checkpoint
@@ -138,6 +139,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return cps[-1] if cps else None
 
 
+def set_aside_checkpoint(path: str | Path) -> Path:
+    """Rename a (damaged) checkpoint to ``damaged-step_...`` beside it: kept for inspection, never listed again."""
+    path = Path(path)
+    target = path.parent / f"damaged-{path.name}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.parent / f"damaged-{path.name}.{n}"
+    os.rename(path, target)
+    return target
+
+
 def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a foreign ``.bin``/``.pt`` (or ``.safetensors``) weight file without running pickled code."""
     path = Path(path)
@@ -213,36 +226,12 @@ def _write_checkpoint_dir(final: Path, ckpt: Checkpoint) -> Path:
             "written_by": {"torch": torch.__version__, "safetensors": safetensors.__version__},
         }
         _write_json(tmp / META, meta)  # last: a directory with meta.json has all its files
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _move_into_place(tmp, final)
+    replace_dir(tmp, final)
     return final
-
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted after."""
-    old = final.parent / f".old-{final.name}-{os.getpid()}"
-    moved_aside = False
-    try:
-        if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(final, old)  # POSIX cannot rename a directory over a non-empty one
-            moved_aside = True
-        os.rename(tmp, final)
-    except BaseException:
-        if moved_aside and not final.exists():
-            try:  # put the previous checkpoint back so the failed save loses nothing
-                os.rename(old, final)
-            except OSError:
-                pass  # it stays as .old-*, removed by the next save
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(final.parent)  # make the rename itself durable
-    if moved_aside:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _prune(ckpt_dir: Path, keep: int, just_saved: Path) -> None:
@@ -380,20 +369,6 @@ def _sha256_and_fsync(path: Path) -> str:
             h.update(chunk)
         os.fsync(f.fileno())
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, renames) durable."""
-    if os.name == "nt":  # Windows cannot open a directory; NTFS journals renames anyway
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # fs without directory fsync
-            raise
-    finally:
-        os.close(fd)
 
 
 # --- reading -----------------------------------------------------------------------------------
