@@ -32,7 +32,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from .outputs import fsync_dir, replace_dir
+from .outputs import check_output_dir, fsync_dir, replace_dir
 
 FORMAT_NAME = "ddpm-checkpoint"
 FORMAT_VERSION = 1  # bump when a reader of the previous version would misread a new checkpoint
@@ -88,9 +88,13 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int | None = No
     return final
 
 
-def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor]) -> Path:
-    """Atomically write a model-only checkpoint directory at ``path`` (step 0, no optimizer)."""
-    path = Path(path)
+def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor],
+               overwrite: bool = False) -> Path:
+    """Atomically write a model-only checkpoint directory at ``path`` (step 0, no optimizer).
+
+    An existing non-empty ``path`` (a training run, say) is refused unless ``overwrite``, which replaces it.
+    """
+    path = check_output_dir(path, "convert", overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(path.parent, only_name=path.name)
     return _write_checkpoint_dir(path, Checkpoint(step=0, config=config, model=model_state))

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .outputs import atomic_file
+
 
 def to_display_uint8(x: torch.Tensor) -> np.ndarray:
     """A batch (B, C, H, W) in [-1, 1] (values outside clipped) as uint8 (B, H, W, C) on 0..255 for viewing."""
@@ -37,6 +39,6 @@ def save_grid(path: str | Path, x: torch.Tensor, nrow: int | None = None, scale:
     images = to_display_uint8(x)
     scale = scale or max(1, 64 // images.shape[1])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow, pad=1, scale=scale).save(path)
+    with atomic_file(path) as tmp:
+        image_grid(images, nrow, pad=1, scale=scale).save(tmp)
     return path

@@ -91,6 +91,15 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def write_npz(path: str | Path, compressed: bool = False, **arrays: Any) -> Path:
+    """Write numpy arrays to an ``.npz`` at exactly ``path``, atomically."""
+    import numpy as np
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" of its own
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    return Path(path)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (new files, renames) durable."""
     if os.name == "nt":  # Windows cannot open a directory; NTFS journals renames anyway
@@ -171,7 +180,7 @@ def check_output_dir(path: str | Path, command: str, overwrite: bool = False, op
     elif owner is not None:
         what = f"the output of ddpm {owner}"
     else:
-        what = f"files ddpm {command} did not write ({_describe(path)})"
+        what = f"files ({_describe(path)})"
     raise OutputError(f"{option} {path} already holds {what}; choose another {option} or pass --overwrite to "
                       "write into it anyway")
 

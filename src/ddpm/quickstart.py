@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import latest_checkpoint
 from .config import RunConfig, override, preset
 from .data import build_dataset
 from .diffusion import GaussianDiffusion
@@ -32,6 +34,7 @@ from .evaluation.nll import BoundTotals, bound_totals
 from .evaluation.progressive import evenly_spaced_times, progressive_x0
 from .evaluation.rate_distortion import rate_distortion_curve
 from .evaluation.report import Figure, write_report
+from .outputs import OutputDir, OutputError, check_output_dir, write_text
 from .sampling import sample, sample_generators
 from .train import Trainer
 
@@ -47,6 +50,7 @@ class QuickstartOptions:
     t_per_batch: int = 25             # bound terms evaluated per network call
     seed: int = 0                     # seeds training, sampling and evaluation
     progress: bool = True             # progress bars
+    overwrite: bool = False           # replace an earlier quickstart in the same folder (its run is deleted)
 
 
 @dataclass
@@ -75,11 +79,26 @@ def digits_config(options: QuickstartOptions) -> RunConfig:
 
 def quickstart(out_dir: str | Path, options: QuickstartOptions = QuickstartOptions()) -> QuickstartResult:
     """Train → sample → evaluate → report, into ``out_dir``; returns the reported numbers."""
-    out = Path(out_dir)
     cfg = digits_config(options)
+    with OutputDir(_checked_out_dir(Path(out_dir), options.overwrite), "quickstart",
+                   overwrite=options.overwrite) as out:
+        return _quickstart(out, cfg, options)
+
+
+def _checked_out_dir(out: Path, overwrite: bool) -> Path:
+    """``out``, unless it holds someone else's files or an earlier quickstart that ``overwrite`` did not allow."""
+    earlier = latest_checkpoint(out / "run")
+    if earlier is not None and not overwrite:
+        raise OutputError(f"{out} already holds a quickstart run ({earlier.name}); pass --overwrite to train afresh "
+                          "into it (the earlier run is deleted) or --out DIR to keep it")
+    return check_output_dir(out, "quickstart", overwrite)
+
+
+def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> QuickstartResult:
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-
+    if options.overwrite and (out / "run").exists():
+        shutil.rmtree(out / "run")  # asked for with --overwrite
     trainer = Trainer(cfg, out / "run", progress=options.progress)
     trainer.run()
     timings["train_s"] = time.perf_counter() - tick
@@ -120,7 +139,7 @@ def quickstart(out_dir: str | Path, options: QuickstartOptions = QuickstartOptio
         ancestral={"steps": diffusion.T, **_quality(q_anc)}, ddim={"steps": options.ddim_steps, **_quality(q_ddim)},
         seconds=timings,
     )
-    (out / "results.json").write_text(json.dumps(asdict(result), indent=2))
+    write_text(out / "results.json", json.dumps(asdict(result), indent=2))
     write_report(out / "report.html", "DDPM quickstart: scikit-learn digits", _summary_rows(result), figures,
                  config=cfg.to_dict())
     return result

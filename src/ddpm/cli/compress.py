@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
+
+from ..outputs import OutputDir, check_output_dir, check_output_file, write_bytes
 
 _EPILOG = ("The file records the model's hash, the image shape, count and levels, and the chain it was coded "
            "with; decompress with the same checkpoint and --weights, on the same kind of machine (network "
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=8, help="coding windows of ± N standard deviations (default 8)")
     p.add_argument("--no-clip", action="store_true", help="do not clip x̂₀ to [-1, 1] inside p_θ")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run_compress)
 
     p = sub.add_parser("decompress", help="decode a file from ddpm compress, with x̂₀ previews on the way",
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
     p.add_argument("--previews", type=int, default=0, help="x̂₀ preview grids at K points of the decode")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that already holds other files")
     p.set_defaults(func=run_decompress)
 
 
@@ -50,16 +52,14 @@ def run_compress(args: argparse.Namespace) -> int:
     from ..compression.files import expand_inputs, read_images
     from ..loading import load_model
 
+    out = check_output_file(args.out, args.overwrite)
     paths = expand_inputs(args.inputs)
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name")
     model = load_model(args.checkpoint, args.weights)
     c, size, _ = image_shape(model)
     images = read_images(paths, c, size, model.diffusion.levels)
     result = compress(model, images, CodecOptions(args.steps, args.batch_size, args.grid_log2, args.window,
                                                   not args.no_clip), progress=not args.no_progress)
-    write_atomically(out, result.data)
+    write_bytes(out, result.data)
     raw = sum(p.stat().st_size for p in paths)
     print(f"compressed {len(paths)} images ({c}×{size}×{size}, {model.diffusion.levels} levels, "
           f"{result.header.steps}-step chain) into {len(result.data)} bytes: {result.bits_per_dim:.4f} bits/dim "
@@ -76,28 +76,14 @@ def run_decompress(args: argparse.Namespace) -> int:
     from ..loading import load_model
 
     path = Path(args.file)
+    check_output_dir(args.out, "decompress", args.overwrite)
     data = path.read_bytes()
     model = load_model(args.checkpoint, args.weights)
     result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path))
-    out = Path(args.out)
-    write_images(out, result.images, result.header.levels)
-    for t, x0 in result.previews.items():
-        save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0[:100]))
+    with OutputDir(args.out, "decompress", overwrite=args.overwrite) as out:
+        write_images(out, result.images, result.header.levels)
+        for t, x0 in result.previews.items():
+            save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0[:100]))
     extra = f", {len(result.previews)} x̂₀ previews in {out / 'previews'}" if result.previews else ""
     print(f"decompressed {len(result.images)} images in {result.seconds:.1f} s -> {out}{extra}")
     return 0
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

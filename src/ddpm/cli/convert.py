@@ -16,14 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--to-diffusers", metavar="CKPT", help="ddpm checkpoint (or run directory) to export")
     p.add_argument("--out", required=True, help="output checkpoint directory (import) or pipeline directory (export)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="weights to export (default: ema)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that already holds files")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.from_diffusers:
-        path = from_diffusers(args.from_diffusers, args.out)
+        path = from_diffusers(args.from_diffusers, args.out, args.overwrite)
         print(f"imported {args.from_diffusers} → {path} (use it with ddpm sample/nll --checkpoint {path})")
     else:
-        path = to_diffusers(args.to_diffusers, args.out, args.weights)
+        path = to_diffusers(args.to_diffusers, args.out, args.weights, args.overwrite)
         print(f"exported {args.to_diffusers} → {path} (DDPMPipeline.from_pretrained('{path}') loads it)")
     return 0

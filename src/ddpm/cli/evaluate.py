@@ -35,6 +35,12 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 64, out: str | None
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--limit", type=int, help="work on the first N items only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite(p)
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that already holds other files (a run, another command's output)")
 
 
 def add_data(p: argparse.ArgumentParser, split: str = "test") -> None:
@@ -51,7 +57,7 @@ def add_clip(p: argparse.ArgumentParser) -> None:
 
 def common_options(args: argparse.Namespace) -> CommonOptions:
     return CommonOptions(args.checkpoint, args.out, args.weights, args.seed, args.batch_size, args.device, args.limit,
-                         not args.no_progress)
+                         not args.no_progress, overwrite=args.overwrite)
 
 
 def data_choice(args: argparse.Namespace) -> DataChoice:
@@ -231,6 +237,7 @@ def register_fid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, help="use the first N samples")
+    add_overwrite(p)
     add_data(p, split="train")
     p.set_defaults(func=run_fid_cmd)
 
@@ -241,7 +248,7 @@ def run_fid_cmd(args: argparse.Namespace) -> int:
 
     options = FidOptions(args.samples, args.out, args.checkpoint, args.ref_stats, data_choice(args),
                          args.inception_weights, args.digits, args.save_stats, args.is_splits, args.seed,
-                         args.batch_size, args.device, args.limit)
+                         args.batch_size, args.device, args.limit, overwrite=args.overwrite)
     try:
         r = run_fid(options)
     except FidDependencyError as e:

@@ -19,12 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nll-images", type=int, help="test images for bits/dim (default: all 180)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into an --out that holds an earlier quickstart (its run is deleted)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = QuickstartOptions(steps=args.steps, n_samples=args.samples, ddim_steps=args.ddim_steps,
-                                nll_images=args.nll_images, seed=args.seed, progress=not args.no_progress)
+                                nll_images=args.nll_images, seed=args.seed, progress=not args.no_progress,
+                                overwrite=args.overwrite)
     r = quickstart(args.out, options)
     a, d = r.ancestral, r.ddim
     print(f"test NLL: {r.test_nll_bits_per_dim:.3f} ± {r.test_nll_stderr:.3f} bits/dim (full bound)")

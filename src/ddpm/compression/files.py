@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..data.folder import list_images
 from ..data.levels import requantize
+from ..outputs import atomic_file
 from .errors import CompressionError
 
 _MODES = {1: "L", 3: "RGB"}
@@ -72,6 +73,7 @@ def write_images(out_dir: Path, images: np.ndarray, levels: int) -> list[Path]:
         arr = requantize(k, levels, 256)
         img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0), mode=None)
         path = out_dir / f"{i:06d}.png"
-        img.save(path)
+        with atomic_file(path) as tmp:
+            img.save(tmp)
         paths.append(path)
     return paths

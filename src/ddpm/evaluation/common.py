@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from ..config import DataConfig, RunConfig, from_dict, to_dict
 from ..data import build_dataset
 from ..loading import LoadedModel, load_model
+from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
 from ..processes import ProcessGroup, device_for, leave_processes
 from .parallel import join_evaluation
 
@@ -36,6 +37,7 @@ class CommonOptions:
     device: str = "cpu"              # cpu or cuda (cuda:LOCAL_RANK under torchrun)
     limit: int | None = None         # work on the first N items only
     progress: bool = True            # tqdm progress bars (rank 0 only)
+    overwrite: bool = False          # write into an --out that holds other files (see ddpm.outputs)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -61,6 +63,7 @@ class Session:
     device: torch.device
     group: ProcessGroup
     out: Path
+    command: str                     # the ddpm command writing ``out``
 
     @property
     def config(self) -> RunConfig:
@@ -72,16 +75,20 @@ class Session:
 
 
 @contextmanager
-def session(common: CommonOptions) -> Iterator[Session]:
-    """Join the processes, load the model on the device and make the output folder (rank 0); tear down after."""
+def session(common: CommonOptions, command: str) -> Iterator[Session]:
+    """Join the processes, load the model on the device and claim the output folder (rank 0); tear down after.
+
+    The folder is checked before the model is loaded; one this command created is removed again if the command
+    fails before writing anything into it (``ddpm.outputs.OutputDir``).
+    """
     group = join_evaluation()
     try:
         device = device_for(common.device, group.local_rank)
-        model = load_model(common.checkpoint, common.weights, device)
-        out = Path(common.out)
         if group.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        yield Session(model, device, group, out)
+            check_output_dir(common.out, command, common.overwrite)
+        model = load_model(common.checkpoint, common.weights, device)
+        with OutputDir(common.out, command, overwrite=common.overwrite, active=group.is_main) as out:
+            yield Session(model, device, group, out, command)
     finally:
         leave_processes(group)
 
@@ -165,10 +172,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` (dataclasses allowed) as indented JSON."""
-    path = Path(path)
-    path.write_text(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    """Write ``obj`` (dataclasses allowed) as indented JSON, atomically."""
+    return write_text(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -176,16 +181,16 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     path = Path(path)
     if not rows:
         raise ValueError(f"no rows to write to {path}")
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path
 
 
-def write_run_info(s: Session, command: str, options: Any) -> list[Path]:
+def write_run_info(s: Session, options: Any) -> list[Path]:
     """``args.json`` (the resolved options, checkpoint step, processes) and ``config.json`` (the model's config)."""
-    return write_info_files(s.out, command, options, s.config.to_dict(), checkpoint_step=s.model.step,
+    return write_info_files(s.out, s.command, options, s.config.to_dict(), checkpoint_step=s.model.step,
                             weights_used=s.model.weights, world_size=s.group.world_size, device=str(s.device))
 
 

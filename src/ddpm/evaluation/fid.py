@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ddpm.evaluation.frechet import frechet_distance
+from ddpm.outputs import write_npz
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
@@ -115,8 +116,7 @@ def save_statistics(path: PathLike, mu: np.ndarray, sigma: np.ndarray, n: int | 
     arrays = {"mu": mu, "sigma": sigma}
     if n is not None:
         arrays["n"] = np.asarray(int(n), dtype=np.int64)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz(path, **arrays)
 
 
 def _open_npz(path: PathLike, where: str, expected: str) -> np.lib.npyio.NpzFile:

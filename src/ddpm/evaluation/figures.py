@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..images import image_grid, to_display_uint8  # noqa: E402
+from ..outputs import atomic_file  # noqa: E402
 
 to_nhwc_uint8 = to_display_uint8  # images (B, C, H, W) in [-1, 1] → uint8 (B, H, W, C) on 0..255
 
@@ -30,8 +31,8 @@ def save_image_grid(path: str | Path, images: np.ndarray, nrow: int | None = Non
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images (B, H, W, C), got {images.dtype} {images.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, nrow, pad, scale or display_scale(images.shape[1])).save(path)
+    with atomic_file(path) as tmp:
+        image_grid(images, nrow, pad, scale or display_scale(images.shape[1])).save(tmp)
     return path
 
 
@@ -60,10 +61,12 @@ def open_png(path: str | Path) -> Image.Image:
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

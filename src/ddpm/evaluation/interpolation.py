@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion, Model
+from ..outputs import write_npz
 from ..sampling import interpolate, sample_generators
 from .common import CommonOptions, DataChoice, is_image_model, limited, load_split, session, write_json, write_run_info
 from .figures import save_image_rows, to_nhwc_uint8
@@ -100,7 +101,7 @@ class InterpolateResult:
 def run_interpolate(common: CommonOptions,
                     options: InterpolateOptions = InterpolateOptions()) -> InterpolateResult | None:
     """``ddpm interpolate``: interpolation.png, interpolation.npz, interpolation.json (rank 0)."""
-    with session(common) as s:
+    with session(common, "interpolate") as s:
         if not is_image_model(s.config):
             raise ValueError("ddpm interpolate needs an image model (a U-Net checkpoint)")
         T = s.model.diffusion.T
@@ -119,7 +120,7 @@ def run_interpolate(common: CommonOptions,
         if parts is None:
             return None
         result = write_interpolation(s.out, torch.cat(parts), pairs, times, lambdas)
-        write_run_info(s, "interpolate", {"common": common, "interpolate": options})
+        write_run_info(s, {"common": common, "interpolate": options})
         return result
 
 
@@ -129,7 +130,7 @@ def write_interpolation(out: Path, rows: Tensor, pairs: list[tuple[int, int]], t
     R, K = rows.shape[:2]
     grid = to_nhwc_uint8(rows.reshape(R * K, *rows.shape[2:])).reshape(R, K, *rows.shape[3:], rows.shape[2])
     npz = out / "interpolation.npz"
-    np.savez(npz, images=grid[:, 1:-1], sources=grid[:, [0, -1]], lambdas=np.array(lambdas),
+    write_npz(npz, images=grid[:, 1:-1], sources=grid[:, [0, -1]], lambdas=np.array(lambdas),
              t=np.array([times[r % len(times)] for r in range(R)]),
              pairs=np.array([pairs[r // len(times)] for r in range(R)]))
     png = save_image_rows(out / "interpolation.png", grid)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..diffusion import Decoder, GaussianDiffusion, Model
+from ..outputs import write_npz
 from ..sampling import sample_generators
 from ..schedules import spaced_steps
 from .common import (
@@ -245,7 +245,7 @@ def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch:
 
 def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLResult | None:
     """``ddpm nll``: the bound on a split, written to nll.json, terms.csv, per_image.csv, terms.png (rank 0)."""
-    with session(common) as s:
+    with session(common, "nll") as s:
         decoder = resolve_decoder(options.decoder, is_image_model(s.config))
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
                                          options.save_terms, options.steps)
@@ -255,7 +255,7 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
         result = summarize(totals, options.data.split, dataset, decoder, options.clip_denoised, options.t_batch,
                            seconds)
         write_nll(s.out, result, totals)
-        write_run_info(s, "nll", {"common": common, "nll": options})
+        write_run_info(s, {"common": common, "nll": options})
         return result
 
 
@@ -270,7 +270,7 @@ def write_nll(out: Path, result: NLLResult, totals: BoundTotals) -> list[Path]:
              plot_bound_terms(out / "terms.png", [t.t for t in result.terms],
                               [t.mean_bits_per_dim for t in result.terms], result.prior_bits_per_dim)]
     if totals.terms_bpd is not None:
-        np.savez_compressed(out / "terms.npz", terms_bits_per_dim=totals.terms_bpd.numpy(),
-                            prior_bits_per_dim=totals.prior_bpd.numpy(), indices=totals.indices.numpy())
+        write_npz(out / "terms.npz", compressed=True, terms_bits_per_dim=totals.terms_bpd.numpy(),
+                  prior_bits_per_dim=totals.prior_bpd.numpy(), indices=totals.indices.numpy())
         paths.append(out / "terms.npz")
     return paths

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion, Model, randn
+from ..outputs import write_npz
 from ..sampling import ancestral_steps, reconstruct_from, sample_generators
 from .common import (
     CommonOptions,
@@ -127,7 +128,7 @@ class ProgressiveResult:
 def run_progressive(common: CommonOptions,
                     options: ProgressiveOptions = ProgressiveOptions()) -> ProgressiveResult | None:
     """``ddpm progressive``: progressive.png/.npz (Fig. 6) and shared_xt.png/.npz (Fig. 7) (rank 0)."""
-    with session(common) as s:
+    with session(common, "progressive") as s:
         if not is_image_model(s.config):
             raise ValueError("ddpm progressive needs an image model (a U-Net checkpoint)")
         T = s.model.diffusion.T
@@ -139,7 +140,7 @@ def run_progressive(common: CommonOptions,
         if fig6 is None or fig7 is None:
             return None
         result = write_progressive(s.out, fig6, fig7, at, share_t, indices)
-        write_run_info(s, "progressive", {"common": common, "progressive": options})
+        write_run_info(s, {"common": common, "progressive": options})
         return result
 
 
@@ -184,8 +185,8 @@ def write_progressive(out: Path, fig6: Tensor, fig7: Tensor, at: list[int], shar
                       indices: list[int]) -> ProgressiveResult:
     """The two figures as PNG and uint8 .npz, and progressive.json."""
     strip, grid = _rows_uint8(fig6), _rows_uint8(fig7)
-    np.savez(out / "progressive.npz", pred_x0=strip, at=np.array(at))
-    np.savez(out / "shared_xt.npz", images=grid, t=np.array(share_t), image_indices=np.array(indices),
+    write_npz(out / "progressive.npz", pred_x0=strip, at=np.array(at))
+    write_npz(out / "shared_xt.npz", images=grid, t=np.array(share_t), image_indices=np.array(indices),
              columns=np.array(["x0", "x_t"] + [f"sample_{i}" for i in range(grid.shape[1] - 2)]))
     result = ProgressiveResult(tuple(at), tuple(share_t), tuple(indices),
                                str(save_image_rows(out / "progressive.png", strip)), str(out / "progressive.npz"),

@@ -122,7 +122,7 @@ class RateDistortionOptions:
 def run_rate_distortion(common: CommonOptions,
                         options: RateDistortionOptions = RateDistortionOptions()) -> RateDistortionResult | None:
     """``ddpm rate-distortion``: rate_distortion.csv/.json and the three-panel figure (rank 0)."""
-    with session(common) as s:
+    with session(common, "rate-distortion") as s:
         decoder = resolve_decoder("auto", is_image_model(s.config))
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
                                          False)
@@ -131,7 +131,7 @@ def run_rate_distortion(common: CommonOptions,
         notes = ("rate(t) = L_T + L_{T-1} + ... + L_t; distortion = RMSE of x̂₀(x_t) on [0, 255], x_t ~ q(x_t|x_0)",)
         result = _result(totals, select_times(totals.T, options.num_t), options.data.split, seconds, notes)
         write_rate_distortion(s.out, result)
-        write_run_info(s, "rate-distortion", {"common": common, "rate_distortion": options})
+        write_run_info(s, {"common": common, "rate_distortion": options})
         return result
 
 

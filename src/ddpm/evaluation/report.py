@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_text
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -35,7 +37,7 @@ def write_report(path: str | Path, title: str, rows: Sequence[tuple[str, str]], 
     cfg = f"<details><summary>Configuration</summary><pre>{esc(json.dumps(config, indent=2))}</pre></details>" \
         if config else ""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    path.write_text(f"""<!doctype html>
+    write_text(path, f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }}
@@ -51,5 +53,5 @@ img {{ max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; }} f
 {figs}
 {cfg}
 </body></html>
-""", encoding="utf-8")
+""")
     return path

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint
 from ..config import RunConfig
 from ..diffusion import GaussianDiffusion, Model
+from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
 from ..processes import leave_processes
 from ..sampling import SamplerName, sample, sample_generators
 from .common import (
@@ -121,7 +122,8 @@ class SampleResult:
 
 def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) -> SampleResult | None:
     """``ddpm sample``: <name>.npz (key ``images``, uint8 NHWC; ``points`` for toy models), a PNG, a JSON (rank 0)."""
-    with session(common) as s:
+    safe_name(options.name)  # before any work: the name must stay inside --out
+    with session(common, "sample") as s:
         n = min(options.n, common.limit) if common.limit is not None else options.n
         shape = image_shape(s.config)
         mine = shard(range(n), s.group)
@@ -134,25 +136,25 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
         seconds = time.perf_counter() - tick
         result = write_samples(s.out, options, np.concatenate(parts), is_image_model(s.config), seconds,
                                s.model.diffusion.T, s.group.world_size)
-        write_run_info(s, "sample", {"common": common, "sample": options})
+        write_run_info(s, {"common": common, "sample": options})
         return result
 
 
 def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image: bool, seconds: float, T: int,
                   world_size: int) -> SampleResult:
     """Write the .npz, the figure and the JSON summary of merged samples."""
-    npz, png = out / f"{options.name}.npz", out / f"{options.name}.png"
+    name = safe_name(options.name)
+    npz, png = out / f"{name}.npz", out / f"{name}.png"
+    write_npz(npz, **{"images" if image else "points": samples})
     if image:
-        np.savez(npz, images=samples)
         shown = samples[:options.grid]
         save_image_grid(png, shown, nrow=max(1, math.ceil(math.sqrt(len(shown)))))
     else:
-        np.savez(npz, points=samples)
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
     result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, seconds,
                           len(samples) / seconds if seconds > 0 else math.nan, world_size)
-    write_json(out / f"{options.name}.json", result)
+    write_json(out / f"{name}.json", result)
     return result
 
 
@@ -195,6 +197,7 @@ class FidOptions:
     device: str = "cpu"
     limit: int | None = None                  # use the first N samples
     feature_extractor: Any = None             # an nn.Module (uint8 NCHW → features) instead of Inception
+    overwrite: bool = False                   # write into an --out (or --save-stats) that holds other files
 
 
 @dataclass(frozen=True)
@@ -216,13 +219,15 @@ def run_fid(options: FidOptions) -> FidReport | None:
         cfg = _checkpoint_config(options.checkpoint)
         digits = options.digits if options.digits is not None else (
             cfg is not None and (options.data.dataset or cfg.data.dataset) == "digits")
+        if options.save_stats:
+            check_output_file(options.save_stats, options.overwrite, "--save-stats")
+        check_output_dir(options.out, "fid", options.overwrite)
         images = load_npz_images(options.samples)[:options.limit]
-        out = Path(options.out)
-        out.mkdir(parents=True, exist_ok=True)
-        report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg)
-        save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
-        write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
-                         world_size=group.world_size)
+        with OutputDir(options.out, "fid", overwrite=options.overwrite) as out:
+            report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg)
+            save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
+            write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
+                             world_size=group.world_size)
         return report
     finally:
         leave_processes(group)

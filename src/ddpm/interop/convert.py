@@ -10,7 +10,7 @@ from ..loading import load_model
 from .diffusers import DiffusersFormatError, load_diffusers, save_diffusers
 
 
-def from_diffusers(directory: str | Path, out: str | Path) -> Path:
+def from_diffusers(directory: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Import a diffusers DDPM directory as a model-only checkpoint that ``ddpm sample``/``nll`` accept.
 
     The data section guesses the dataset from the shape (32×32 RGB: CIFAR-10, else an image folder); pass
@@ -22,13 +22,13 @@ def from_diffusers(directory: str | Path, out: str | Path) -> Path:
     cfg = RunConfig(name=f"imported:{Path(directory).name}", model=m, diffusion=imp.diffusion,
                     data=DataConfig(dataset=dataset, image_size=m.image_size, channels=m.in_channels),
                     train=TrainConfig())
-    return save_model(out, cfg.to_dict(), imp.state_dict)
+    return save_model(out, cfg.to_dict(), imp.state_dict, overwrite)
 
 
-def to_diffusers(checkpoint: str | Path, out: str | Path, weights: str = "ema") -> Path:
+def to_diffusers(checkpoint: str | Path, out: str | Path, weights: str = "ema", overwrite: bool = False) -> Path:
     """Export a checkpoint's U-Net (EMA weights by default) and schedule as a DDPMPipeline directory."""
     loaded = load_model(checkpoint, weights=weights)
     if not isinstance(loaded.config.model, UNetConfig):
         raise DiffusersFormatError(f"{checkpoint} holds a {loaded.config.model.kind} model; diffusers export "
                                    "needs the U-Net")
-    return save_diffusers(out, loaded.config.model, loaded.config.diffusion, loaded.net.state_dict())
+    return save_diffusers(out, loaded.config.model, loaded.config.diffusion, loaded.net.state_dict(), overwrite)

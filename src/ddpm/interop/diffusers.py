@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from torch import Tensor
 from ddpm.checkpoint import CheckpointError, safe_torch_load
 from ddpm.config import DiffusionConfig, UNetConfig
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
+from ddpm.outputs import check_output_dir, replace_dir, write_text
 
 __all__ = [
     "DiffusersFormatError",
@@ -531,9 +534,14 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
 
 
 def save_diffusers(
-    directory: str | Path, model_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, state_dict: dict[str, Tensor]
+    directory: str | Path, model_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, state_dict: dict[str, Tensor],
+    overwrite: bool = False,
 ) -> Path:
-    """Write a ``DDPMPipeline`` directory (unet/, scheduler/, model_index.json) that diffusers loads."""
+    """Write a ``DDPMPipeline`` directory (unet/, scheduler/, model_index.json) that diffusers loads.
+
+    The directory is written whole beside its place and renamed into it; an existing non-empty ``directory`` is
+    refused unless ``overwrite``, which replaces it.
+    """
     if model_cfg.learn_sigma != diffusion_cfg.learn_sigma:
         raise DiffusersFormatError(
             f"model learn_sigma={model_cfg.learn_sigma} contradicts diffusion var_type={diffusion_cfg.var_type!r}"
@@ -541,17 +549,25 @@ def save_diffusers(
     unet_json = unet_config_to_diffusers(model_cfg)
     sched_json, extra = diffusion_config_to_scheduler(diffusion_cfg)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict_to_diffusers(state_dict, model_cfg).items()}
-    root = Path(directory)
-    (root / "unet").mkdir(parents=True, exist_ok=True)
-    (root / "scheduler").mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(root / "unet" / WEIGHT_NAMES[0]), metadata={"format": "pt"})
-    (root / "unet" / "config.json").write_text(json.dumps(unet_json, indent=2) + "\n")
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_json, indent=2) + "\n")
-    (root / EXTRA_NAME).write_text(json.dumps(extra, indent=2) + "\n")
-    index = {
-        "_class_name": "DDPMPipeline",
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "unet": ["diffusers", "UNet2DModel"],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return root
+    final = check_output_dir(directory, "convert", overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    root = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        (root / "unet").mkdir(parents=True)
+        (root / "scheduler").mkdir()
+        safetensors.torch.save_file(tensors, str(root / "unet" / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+        index = {
+            "_class_name": "DDPMPipeline",
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"],
+        }
+        for path, obj in ((root / "unet" / "config.json", unet_json),
+                          (root / "scheduler" / "scheduler_config.json", sched_json),
+                          (root / EXTRA_NAME, extra), (root / "model_index.json", index)):
+            write_text(path, json.dumps(obj, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    replace_dir(root, final)
+    return final
