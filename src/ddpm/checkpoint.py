@@ -143,6 +143,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return cps[-1] if cps else None
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk) come back as the OSError they are."""
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+    except safetensors.SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def set_aside_checkpoint(path: str | Path) -> Path:
     """Rename a (damaged) checkpoint to ``damaged-step_...`` beside it: kept for inspection, never listed again."""
     path = Path(path)
@@ -213,7 +225,7 @@ def _write_checkpoint_dir(final: Path, ckpt: Checkpoint) -> Path:
         files = {}
         for key, tensors in groups.items():
             name = FILES[key]
-            safetensors.torch.save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            save_safetensors(tensors, tmp / name)
             files[name] = {
                 "sha256": _sha256_and_fsync(tmp / name),
                 "bytes": (tmp / name).stat().st_size,

@@ -69,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # information to stdout, warnings and errors to stderr: a user error is the one line there
+    info, problems = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s",
+                        handlers=[info, problems])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor
 
-from ddpm.checkpoint import CheckpointError, safe_torch_load
+from ddpm.checkpoint import CheckpointError, safe_torch_load, save_safetensors
 from ddpm.config import DiffusionConfig, UNetConfig
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
@@ -556,7 +555,7 @@ def save_diffusers(
     try:
         (root / "unet").mkdir(parents=True)
         (root / "scheduler").mkdir()
-        safetensors.torch.save_file(tensors, str(root / "unet" / WEIGHT_NAMES[0]), metadata={"format": "pt"})
+        save_safetensors(tensors, root / "unet" / WEIGHT_NAMES[0])
         index = {
             "_class_name": "DDPMPipeline",
             "scheduler": ["diffusers", "DDPMScheduler"],
