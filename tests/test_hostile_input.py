@@ -278,6 +278,9 @@ def _bad_inputs(tmp: Path, ckpt: Path, run: Path) -> list[tuple[list[str], str]]
         (["convert", "--from-diffusers", str(tmp / "missing"), "--out", str(tmp / "o")], "missing"),
         (["convert", "--from-diffusers", str(nested), "--out", str(tmp / "o")], "config.json"),
         (["convert", "--to-diffusers", str(ckpt), "--out", str(a_file)], "a_file"),
+        (["convert", "--to-diffusers", str(ckpt), "--out", str(a_file / "x")], "is a file, not a folder"),
+        (["compress", str(a_file), "--checkpoint", str(ckpt), "--out", str(a_file / "x.ddpz")],
+         "is a file, not a folder"),
         (["compress", str(tmp / "missing"), "--checkpoint", str(ckpt), "--out", str(tmp / "x.ddpz")], "missing"),
         (["compress", str(a_file), "--checkpoint", str(ckpt), "--out", str(tmp)], str(tmp)),
         (["decompress", str(tmp / "missing.ddpz"), "--checkpoint", str(ckpt), "--out", str(tmp / "o")],
@@ -428,3 +431,17 @@ def test_rerunning_the_quickstart_says_which_option_to_use(tmp_path, capsys):
 
     sub = build_parser().parse_args(["quickstart", "--out", str(out), "--overwrite"])
     assert sub.overwrite is True  # the option the message names exists
+
+
+def test_a_run_written_by_another_trainer_meanwhile_is_refused(tmp_path):
+    from ddpm.config import ConfigError, override, preset
+    from ddpm.train import Trainer
+
+    cfg = override(preset("digits"), base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8,
+                   T=20, batch_size=16, total_steps=2, checkpoint_every=2, sample_every=0)
+    first = Trainer(cfg, tmp_path / "run", progress=False)   # prepared: no checkpoint there yet
+    Trainer(cfg, tmp_path / "run", progress=False).run()     # another trainer writes the run meanwhile
+    before = tree(tmp_path / "run")
+    with pytest.raises(ConfigError, match="another ddpm train wrote it"):
+        first.run()
+    assert tree(tmp_path / "run") == before

@@ -162,9 +162,19 @@ def _describe(path: Path, limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _check_parents(path: Path, option: str) -> None:
+    """An output path below a file cannot be made: say which part is the file."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
+            return
+
+
 def check_output_dir(path: str | Path, command: str, overwrite: bool = False, option: str = "--out") -> Path:
     """Refuse ``path`` as ``command``'s output folder when writing there could overwrite what someone else made."""
     path = Path(path)
+    _check_parents(path, option)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder")
     if not path.exists() or overwrite:
@@ -188,6 +198,7 @@ def check_output_dir(path: str | Path, command: str, overwrite: bool = False, op
 def check_output_file(path: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
     """Refuse an existing file (or a folder) as an output file unless ``overwrite``."""
     path = Path(path)
+    _check_parents(path, option)
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
