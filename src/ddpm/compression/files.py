@@ -43,15 +43,17 @@ def read_levels(path: Path, channels: int, size: int, levels: int) -> np.ndarray
     """
     try:
         with Image.open(path) as img:
+            if img.size != (size, size):  # checked on the header, before any pixel is decoded
+                raise CompressionError(f"{path}: {img.size[0]}×{img.size[1]} pixels; this model codes {size}×{size}")
             img.load()
             mode, arr = img.mode, np.asarray(img)
+    except CompressionError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise CompressionError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
     if mode != _MODES[channels]:
         raise CompressionError(f"{path}: image mode {mode!r}; this model codes {channels}-channel images "
                                f"(mode {_MODES[channels]!r}), and converting would not be lossless")
-    if arr.shape[:2] != (size, size):
-        raise CompressionError(f"{path}: {arr.shape[1]}×{arr.shape[0]} pixels; this model codes {size}×{size}")
     k = requantize(arr, 256, levels)
     if not np.array_equal(requantize(k, levels, 256), arr):
         bad = arr[requantize(k, levels, 256) != arr]
