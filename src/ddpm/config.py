@@ -7,6 +7,8 @@ configuration can be saved beside every checkpoint and result.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -20,6 +22,76 @@ DatasetName = Literal["digits", "cifar10", "folder", "lmdb", "npz", "toy2d"]
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
+
+
+# Seeds feed torch and numpy generators; sample i of a run is seeded by seed·1_000_003 + i (ddpm.sampling),
+# which stays inside the 64 bits torch accepts for every seed up to 2³² − 1. numpy refuses negative seeds.
+MAX_SEED = 2**32 - 1
+
+# Every β schedule table is a float64 vector of T entries (ddpm.schedules), built from whatever T a config or a
+# checkpoint's meta.json says: the paper uses 1000, continuous-time limits are approached by 4000 (Nichol &
+# Dhariwal); 10^5 keeps the tables at a few MB while 10^9 would ask for gigabytes before anything is checked.
+MAX_T = 100_000
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that a hostile value still makes one short line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python converts (sys.get_int_max_str_digits)
+        text = f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _bounds_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    """'>= 1', '> 0', 'in 1..4096' (integers) or 'in [0, 1)' (reals), as the checks below say it."""
+    def num(x: float) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
+    if lo is not None and hi is not None:
+        if isinstance(lo, int) and isinstance(hi, int) and not (lo_open or hi_open):
+            return f"in {lo}..{hi}"
+        return f"in {'(' if lo_open else '['}{num(lo)}, {num(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {num(lo)}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {num(hi)}"
+    return ""
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` when it is an integer (not a bool) in lo..hi; else a ConfigError naming ``name``."""
+    bounds = _bounds_text(lo, hi)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer{' ' + bounds if bounds else ''}, got {shown(value)}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{name} must be {bounds}, got {shown(value)}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` as a float when it is a finite number within the bounds; else a ConfigError naming ``name``.
+
+    NaN and ±inf are refused everywhere: NaN slips through every comparison (``nan <= 0`` is False), and no
+    option of this project means anything at infinity.
+    """
+    bounds = _bounds_text(lo, hi, lo_open, hi_open)
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    try:
+        v = float(value) if number else math.nan
+    except OverflowError:  # an integer beyond float's range, e.g. 10**400 from JSON
+        v = math.inf
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number{' ' + bounds if bounds else ''}, got {shown(value)}")
+    if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and (v >= hi if hi_open else v > hi):
+        raise ConfigError(f"{name} must be {bounds}, got {shown(value)}")
+    return v
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed: an integer in 0..MAX_SEED."""
+    return check_int(name, value, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -136,13 +208,77 @@ class RunConfig:
         return from_dict(cls, d)
 
 
+_SECTION_TYPES: dict[str, tuple[type, ...]] = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,),
+                                               "data": (DataConfig,), "train": (TrainConfig,)}
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """Every field of a section dataclass has its declared type (a str where a number is due is refused)."""
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        _convert(hints[f.name], getattr(obj, f.name), f"{where}.{f.name}")
+
+
+def _check_values(cfg: RunConfig) -> None:
+    """Each field on its own: its type, finite, within its range (the cross-field rules follow in validate)."""
+    if not isinstance(cfg.name, str):
+        raise ConfigError(f"name must be a string, got {cfg.name!r}")
+    for where in ("model", "diffusion", "data", "train"):
+        section = getattr(cfg, where)
+        if not isinstance(section, _SECTION_TYPES[where]):
+            raise ConfigError(f"{where} must be one of {[c.__name__ for c in _SECTION_TYPES[where]]}, "
+                              f"got {type(section).__name__}")
+        _check_types(section, where)
+    m = cfg.model
+    if isinstance(m, UNetConfig):
+        for name in ("image_size", "in_channels", "base_channels", "num_res_blocks", "num_groups"):
+            check_int(f"model.{name}", getattr(m, name), 1)
+        if not m.channel_mults:
+            raise ConfigError("model.channel_mults must list at least one multiplier, got ()")
+        for mult in m.channel_mults:
+            check_int("model.channel_mults", mult, 1)
+        check_float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)  # p = 1 drops everything
+    else:
+        for name in ("dim", "hidden", "depth"):  # depth 0 would leave the step out of the network entirely
+            check_int(f"model.{name}", getattr(m, name), 1)
+        # the sinusoidal embedding divides by dim // 2 − 1 (ddpm.nets.embedding)
+        check_int("model.time_embed_dim", m.time_embed_dim, 4)
+    d = cfg.diffusion
+    check_int("diffusion.T", d.T, 1, MAX_T)
+    for name in ("beta_start", "beta_end"):
+        beta = check_float(f"diffusion.{name}", getattr(d, name))
+        if not 0.0 < beta < 1.0:
+            raise ConfigError(f"diffusion.{name}={beta} is not a variance: β_t must lie in (0, 1)")
+    check_float("diffusion.hybrid_lambda", d.hybrid_lambda, 0.0)  # λ = 0 is L_simple alone
+    check_int("diffusion.levels", d.levels, 2)
+    a = cfg.data
+    check_int("data.image_size", a.image_size, 1)
+    check_int("data.channels", a.channels, 1)
+    # the same rule as ddpm.data.base.held_out_indices, checked here before any data is read
+    check_float("data.held_out_fraction", a.held_out_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_seed("data.split_seed", a.split_seed)
+    t = cfg.train
+    check_float("train.lr", t.lr, 0.0, lo_open=True)
+    check_int("train.batch_size", t.batch_size, 1)
+    check_int("train.warmup_steps", t.warmup_steps, 0)
+    # a max-norm <= 0 zeroes or flips every gradient (clip_grad_norm_ scales by max_norm / norm)
+    check_float("train.grad_clip", t.grad_clip, 0.0, lo_open=True)
+    check_float("train.ema_decay", t.ema_decay, 0.0, 1.0, hi_open=True)
+    check_int("train.total_steps", t.total_steps, 1)
+    check_seed("train.seed", t.seed)
+    check_int("train.log_every", t.log_every, 1)
+    check_int("train.sample_every", t.sample_every, 0)  # 0: never
+    check_int("train.checkpoint_every", t.checkpoint_every, 1)
+    check_int("train.keep_checkpoints", t.keep_checkpoints, 1)
+    check_int("train.num_workers", t.num_workers, 0)
+
+
 def validate(cfg: RunConfig) -> None:
     """Raise ConfigError naming the option when the run configuration is inconsistent."""
+    _check_values(cfg)
     d, m = cfg.diffusion, cfg.model
     if d.T < 1:
         raise ConfigError(f"diffusion.T must be >= 1, got {d.T}")
-    if d.levels < 2:
-        raise ConfigError(f"diffusion.levels must be >= 2, got {d.levels}")
     if d.learn_sigma != m.learn_sigma:
         raise ConfigError(
             f"model.learn_sigma={m.learn_sigma} contradicts diffusion.var_type={d.var_type!r}: "
@@ -155,13 +291,6 @@ def validate(cfg: RunConfig) -> None:
         )
     if d.loss_type == "mu_mse" and d.mean_type != "mu":
         raise ConfigError("diffusion.loss_type='mu_mse' is the μ̃-prediction baseline: set mean_type='mu'")
-    t = cfg.train
-    if t.batch_size < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if isinstance(m, UNetConfig):
         if m.in_channels != cfg.data.channels:
             raise ConfigError(
@@ -177,6 +306,12 @@ def validate(cfg: RunConfig) -> None:
                 f"model.image_size={m.image_size} must be divisible by {factor} "
                 f"(the U-Net halves it {len(m.channel_mults) - 1} times)"
             )
+        # an attention resolution the U-Net never reaches would silently add no attention at all
+        sizes = [m.image_size // 2**i for i in range(len(m.channel_mults))]
+        missing = [r for r in m.attn_resolutions if r not in sizes]
+        if missing:
+            raise ConfigError(f"model.attn_resolutions {shown(missing)} are not resolutions of this U-Net "
+                              f"(image_size={m.image_size}, {len(sizes)} levels: {sizes})")
         if m.base_channels % m.num_groups:
             raise ConfigError(
                 f"model.base_channels={m.base_channels} must be divisible by model.num_groups={m.num_groups}"
@@ -206,36 +341,38 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             for a in dcs:
                 if kind == a.kind:  # type: ignore[attr-defined]
                     return from_dict(a, value, where)
-            raise ConfigError(f"{where}.kind={kind!r} is not one of {[a.kind for a in dcs]}")  # type: ignore[attr-defined]
+            raise ConfigError(f"{where}.kind={shown(kind)} is not one of {[a.kind for a in dcs]}")  # type: ignore[attr-defined]
         for a in args:
             if a is not type(None):
                 return _convert(a, value, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be an object, got {value!r}")
+            raise ConfigError(f"{where} must be an object, got {shown(value)}")
         return from_dict(tp, value, where)
     if origin is tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # a single number given for a list, e.g. --attn_resolutions 16
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {shown(value)}")
         (elem, *_rest) = get_args(tp)
         return tuple(_convert(elem, v, where) for v in value)
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}={value!r} is not one of {list(get_args(tp))}")
+            raise ConfigError(f"{where}={shown(value)} is not one of {list(get_args(tp))}")
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, bool, str) and not isinstance(value, tp):
-        raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{where} must be int, got {value!r}")
+    if tp is float:  # a str (e.g. --lr abc), a bool or a list is no number; NaN and ±inf are none either
+        return check_float(where, value)
+    if tp is int:  # not a bool, not 2.0
+        return check_int(where, value)
+    if tp in (bool, str) and not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {'true or false' if tp is bool else 'a string'}, got {shown(value)}")
     return value
 
 
 def from_dict(cls: Any, d: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``cls`` from a dict, checking names and types; unknown keys are an error."""
+    if not isinstance(d, dict):  # e.g. a config.json holding a list
+        raise ConfigError(f"{where} must be an object of options, got {type(d).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
@@ -260,11 +397,20 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
     sections = {"model": cfg.model, "diffusion": cfg.diffusion, "data": cfg.data, "train": cfg.train}
     updates: dict[str, dict[str, Any]] = {k: {} for k in sections}
     top: dict[str, Any] = {}
+    given: dict[tuple[str, str], str] = {}  # (section, field) -> the name it was given under
+
+    def put(sec: str, name: str, key: str, value: Any) -> None:
+        # lr=… and train.lr=… together would leave "the last wins" to dict order: refuse instead
+        if (sec, name) in given:
+            raise ConfigError(f"{given[sec, name]} and {key} both set {sec}.{name}: give it once")
+        given[sec, name] = key
+        updates[sec][name] = value
+
     for key, value in changes.items():
         if key in _LINKED:  # one value that two sections must agree on
             for sec, name in _LINKED[key]:
                 if name in {f.name for f in fields(sections[sec])}:
-                    updates[sec][name] = value
+                    put(sec, name, key, value)
             continue
         if "." in key:
             sec, name = key.split(".", 1)
@@ -281,7 +427,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             raise ConfigError(f"unknown option {key!r}")
         if len(owners) > 1:
             raise ConfigError(f"option {key!r} is ambiguous: use one of {[f'{o}.{name}' for o in owners]}")
-        updates[owners[0]][name] = value
+        put(owners[0], name, key, value)
     if "var_type" in updates["diffusion"] and "learn_sigma" not in updates["model"]:
         # a learned Σ decides the network's output channels: keep the two in step
         updates["model"]["learn_sigma"] = updates["diffusion"]["var_type"] in ("learned", "learned_range")

@@ -8,11 +8,14 @@ Training and evaluation both join through here; each picks its own backend.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .config import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,41 @@ def leave_processes(group: ProcessGroup) -> None:
         dist.destroy_process_group()
 
 
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda)(:(0|[1-9][0-9]{0,3}))?")
+
+
+def check_device(requested: object, allow_auto: bool = True) -> str:
+    """``requested`` when it names a device this project runs on: cpu, cuda, cuda:N, mps (and auto); else ConfigError.
+
+    Only the spelling is checked (no CUDA is needed to check an option); ``device_for`` checks that it exists.
+    """
+    m = _DEVICE.fullmatch(requested) if isinstance(requested, str) else None
+    if m is None or (m.group(1) != "cuda" and m.group(2)) or (m.group(1) == "auto" and not allow_auto):
+        expected = "auto, cpu, cuda, cuda:N or mps" if allow_auto else "cpu, cuda, cuda:N or mps"
+        raise ConfigError(f"--device {shown(requested)} is not a device: expected {expected}")
+    return requested  # type: ignore[return-value]
+
+
 def device_for(requested: str, local_rank: int = 0) -> torch.device:
     """The torch device: "auto" is the GPU when there is one, else the CPU; "cuda" is this process's GPU.
 
-    Under torchrun "cuda" means ``cuda:LOCAL_RANK``; anything else is taken as given.
+    Under torchrun "cuda" means ``cuda:LOCAL_RANK``; "cuda:N" and "mps" must exist. Anything else is refused
+    with a ConfigError naming --device, before any model is loaded or anything is written.
     """
+    check_device(requested)
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
+    if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        return torch.device("cuda", local_rank)
+            raise ConfigError(f"--device {requested} was asked for but torch sees no CUDA device")
+        if requested == "cuda":
+            return torch.device("cuda", local_rank)
+        index, count = int(requested.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"--device {requested}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+        return torch.device("cuda", index)
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but torch sees no MPS device")
     return torch.device(requested)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoint import latest_checkpoint
-from .config import RunConfig, override, preset
+from .config import RunConfig, check_int, check_seed, override, preset
 from .data import build_dataset
 from .diffusion import GaussianDiffusion
 from .evaluation.digits_metric import DigitsQuality, evaluate_digits
@@ -51,6 +51,17 @@ class QuickstartOptions:
     seed: int = 0                     # seeds training, sampling and evaluation
     progress: bool = True             # progress bars
     overwrite: bool = False           # replace an earlier quickstart in the same folder (its run is deleted)
+
+    def __post_init__(self) -> None:
+        # named as `ddpm quickstart` spells them (field names in brackets where they differ)
+        if self.steps is not None:
+            check_int("--steps", self.steps, 1)
+        check_int("--samples (n_samples)", self.n_samples, 1)
+        check_int("--ddim-steps", self.ddim_steps, 1, preset("digits").diffusion.T)  # a respacing of the T steps
+        if self.nll_images is not None:
+            check_int("--nll-images", self.nll_images, 1)
+        check_int("t_per_batch", self.t_per_batch, 1)
+        check_seed("--seed", self.seed)
 
 
 @dataclass

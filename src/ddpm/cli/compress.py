@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..outputs import OutputDir, check_output_dir, check_output_file, write_bytes
+from .types import non_negative_int
 
 _EPILOG = ("The file records the model's hash, the image shape, count and levels, and the chain it was coded "
            "with; decompress with the same checkpoint and --weights, on the same kind of machine (network "
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="the checkpoint it was compressed with")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
-    p.add_argument("--previews", type=int, default=0, help="x̂₀ preview grids at K points of the decode")
+    p.add_argument("--previews", type=non_negative_int, default=0,
+                   help="x̂₀ preview grids at K points of the decode (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="write into an --out that already holds other files")
     p.set_defaults(func=run_decompress)
@@ -52,13 +54,13 @@ def run_compress(args: argparse.Namespace) -> int:
     from ..compression.files import expand_inputs, read_images
     from ..loading import load_model
 
+    options = CodecOptions(args.steps, args.batch_size, args.grid_log2, args.window, not args.no_clip)  # checked
     out = check_output_file(args.out, args.overwrite)
     paths = expand_inputs(args.inputs)
     model = load_model(args.checkpoint, args.weights)
     c, size, _ = image_shape(model)
     images = read_images(paths, c, size, model.diffusion.levels)
-    result = compress(model, images, CodecOptions(args.steps, args.batch_size, args.grid_log2, args.window,
-                                                  not args.no_clip), progress=not args.no_progress)
+    result = compress(model, images, options, progress=not args.no_progress)
     write_bytes(out, result.data)
     raw = sum(p.stat().st_size for p in paths)
     print(f"compressed {len(paths)} images ({c}×{size}×{size}, {model.diffusion.levels} levels, "

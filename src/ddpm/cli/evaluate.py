@@ -11,17 +11,14 @@ import argparse
 import sys
 
 from ..evaluation.common import CommonOptions, DataChoice
+from .types import finite_float, int_list
+
+# Values are checked by the options dataclasses (ddpm.evaluation), each refusal naming the option as spelled
+# here, when the command builds them: before the model is loaded and before anything is written. Checks that
+# need the model (t <= T, indices within the split) follow its loading, still before the first file.
 
 _AFTER = ("Results (JSON/CSV), figures (PNG), args.json (the resolved options) and config.json (the model's "
           "config) are written to --out. Under torchrun each process takes a share and rank 0 writes.")
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'1000,750,500' → (1000, 750, 500)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_common(p: argparse.ArgumentParser, batch_size: int = 64, out: str | None = None) -> None:
@@ -32,7 +29,8 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 64, out: str | None
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
     p.add_argument("--seed", type=int, default=0, help="seeds every noise draw, per item (default 0)")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"items per network call (default {batch_size})")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda (cuda:LOCAL_RANK under torchrun), cuda:N or mps")
     p.add_argument("--limit", type=int, help="work on the first N items only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_overwrite(p)
@@ -136,7 +134,7 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
                         "parser finds --n ambiguous")
     p.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral", help="default: ancestral")
     p.add_argument("--steps", type=int, help="reverse steps (default: all T; fewer: evenly respaced)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (default 0: deterministic)")
+    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM η >= 0 (default 0: deterministic)")
     p.add_argument("--grid", type=int, default=100, help="samples shown in the PNG (default 100)")
     p.add_argument("--name", default="samples", help="file stem (default: samples)")
     add_clip(p)
@@ -235,7 +233,7 @@ def register_fid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--limit", type=int, help="use the first N samples")
     add_overwrite(p)
     add_data(p, split="train")

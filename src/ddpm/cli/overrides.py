@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from ..config import ConfigError, DataConfig, DiffusionConfig, MLPConfig, TrainConfig, UNetConfig
+from ..config import ConfigError, DataConfig, DiffusionConfig, MLPConfig, TrainConfig, UNetConfig, shown
 
 _SECTIONS = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,), "data": (DataConfig,),
              "train": (TrainConfig,)}
@@ -35,29 +35,41 @@ def parse_value(text: str) -> Any:
         return [parse_value(p) for p in text.split(",")]
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON (JSONDecodeError), or an integer of more digits than Python converts
         return text
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """An option name as the user wrote it, cut short (a hostile one still makes one short line)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def parse_overrides(extra: list[str]) -> dict[str, Any]:
     """``['--lr', '1e-4', '--train.batch_size=64']`` → ``{'lr': 1e-4, 'train.batch_size': 64}``."""
     known = field_names()
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # key -> the option as the user wrote it
     i = 0
     while i < len(extra):
         tok = extra[i]
         if not tok.startswith("--"):
-            raise ConfigError(f"unexpected argument {tok!r}; overrides look like --name VALUE")
-        key, _, value = tok[2:].partition("=")
+            raise ConfigError(f"unexpected argument {shown(tok)}; overrides look like --name VALUE")
+        key, eq, value = tok[2:].partition("=")
+        option = _cut(f"--{key}")
         key = key.replace("-", "_")
-        if not value:
+        if eq and not value:
+            raise ConfigError(f"option {option} needs a value after '='")
+        if not eq:
             if i + 1 >= len(extra):
-                raise ConfigError(f"option --{key} needs a value")
+                raise ConfigError(f"option {option} needs a value")
             value = extra[i + 1]
             i += 1
         if key not in known:
-            raise ConfigError(f"unknown option --{key}")
+            raise ConfigError(f"unknown option {option}")
+        if key in out:  # "the last wins" would hide a typo or a stale line in a script
+            raise ConfigError(f"option {option} is given twice (as {spelled[key]} and {option}): give it once")
         out[key] = parse_value(value)
+        spelled[key] = option
         i += 1
     return out
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import ConfigError, check_int
 from ..loading import LoadedModel
 from ..schedules import spaced_steps
 from .chain import ChainCode, decode_chain, encode_chain, latent_grid
@@ -44,6 +45,21 @@ class CodecOptions:
     grid_log2: int = 0           # latent grid δ_t = 2^grid_log2 × the narrowest std coding x_t
     window: int = 8              # coding windows of ± window standard deviations
     clip_denoised: bool = True   # clip x̂₀ inside p_θ, as ``ddpm nll`` does
+
+    def __post_init__(self) -> None:
+        # named as `ddpm compress` spells them (and as fields, where they differ); the ranges are what the
+        # file's header records. steps=0 used to mean "all T" (`0 or T`): refused, as is anything < 1.
+        checks = [("--steps", self.steps, 1, None), ("--batch-size (batch_size)", self.batch_size, 1, 4096),
+                  ("--grid-log2 (grid_log2)", self.grid_log2, -8, 4),  # δ_t of 1/256 to 16 std
+                  ("--window", self.window, 1, 255)]                  # standard deviations
+        try:
+            for name, value, lo, hi in checks:
+                if value is not None or name != "--steps":  # steps <= T once the model is known (compress)
+                    check_int(name, value, lo, hi)
+        except ConfigError as e:
+            raise CompressionError(str(e)) from None
+        if not isinstance(self.clip_denoised, bool):
+            raise CompressionError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
 
 
 @dataclass(frozen=True)
@@ -160,11 +176,9 @@ def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = Cod
     tick = time.perf_counter()
     shape, levels = image_shape(model), model.diffusion.levels
     images = check_images(images, shape, levels)
-    steps = options.steps or model.diffusion.T
+    steps = model.diffusion.T if options.steps is None else options.steps
     if not 1 <= steps <= model.diffusion.T:
-        raise CompressionError(f"steps must be in 1..{model.diffusion.T}, got {steps}")
-    if not 1 <= options.batch_size <= 4096:
-        raise CompressionError(f"batch_size must be in 1..4096, got {options.batch_size}")
+        raise CompressionError(f"--steps must be in 1..{model.diffusion.T}, got {steps}")
     code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised)
     dims = int(np.prod(shape))
     plan = batch_plan(len(images), options.batch_size)

@@ -15,11 +15,11 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, RunConfig, from_dict, to_dict
+from ..config import ConfigError, DataConfig, RunConfig, check_int, check_seed, from_dict, shown, to_dict
 from ..data import build_dataset
 from ..loading import LoadedModel, load_model
 from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
-from ..processes import ProcessGroup, device_for, leave_processes
+from ..processes import ProcessGroup, check_device, device_for, leave_processes
 from .parallel import join_evaluation
 
 Split = Literal["train", "test"]
@@ -40,10 +40,11 @@ class CommonOptions:
     overwrite: bool = False          # write into an --out that holds other files (see ddpm.outputs)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        check_seed("--seed", self.seed)
+        check_int("--batch-size", self.batch_size, 1)
+        if self.limit is not None:
+            check_int("--limit", self.limit, 1)
+        check_device(self.device)  # the spelling, before the model is loaded; device_for checks it exists
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class DataChoice:
     split: Split = "test"
     path: str | None = None          # replaces data.path
     dataset: str | None = None       # replaces data.dataset
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise ConfigError(f"--split must be train or test, got {shown(self.split)}")
 
 
 @dataclass

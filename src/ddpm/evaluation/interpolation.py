@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..sampling import interpolate, sample_generators
@@ -44,7 +45,7 @@ def choose_pairs(n_images: int, n_pairs: int, seed: int, indices: Sequence[int] 
             raise ValueError(f"--indices needs an even number of image indices (pairs), got {list(indices)}")
         bad = [i for i in indices if not 0 <= i < n_images]
         if bad:
-            raise ValueError(f"image indices {bad} are outside the split (0..{n_images - 1})")
+            raise ConfigError(f"--indices {shown(bad)} are outside the split (0..{n_images - 1})")
         return [(int(indices[i]), int(indices[i + 1])) for i in range(0, len(indices), 2)]
     if n_images < 2:
         raise ValueError(f"interpolation needs at least 2 images, the split has {n_images}")
@@ -86,6 +87,21 @@ class InterpolateOptions:
     data: DataChoice = DataChoice("test")
     clip_denoised: bool = True
 
+    def __post_init__(self) -> None:
+        # t <= T and indices within the split need the model and the data: run_interpolate checks them
+        if self.t is not None:
+            if not self.t:
+                raise ConfigError("--t needs at least one time, got none")
+            for t in self.t:
+                check_int("--t", t, 1)
+        check_int("--lambdas", self.lambdas, 2)  # λ = 0 and λ = 1 at least
+        check_int("--pairs", self.pairs, 1)
+        if self.indices is not None:
+            if not self.indices or len(self.indices) % 2:
+                raise ConfigError(f"--indices needs an even number of image indices (pairs), got {shown(self.indices)}")
+            for i in self.indices:
+                check_int("--indices", i, 0)
+
 
 @dataclass(frozen=True)
 class InterpolateResult:
@@ -107,7 +123,7 @@ def run_interpolate(common: CommonOptions,
         T = s.model.diffusion.T
         times = list(options.t or (default_t(T),))
         if any(not 1 <= t <= T for t in times):
-            raise ValueError(f"--t must be in 1..{T}, got {times}")
+            raise ConfigError(f"--t must be in 1..{T}, got {shown(times)}")
         lambdas = lambda_grid(options.lambdas)
         dataset = load_split(s.config, options.data)
         pairs = choose_pairs(len(dataset), options.pairs, common.seed, options.indices)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..sampling import sample_generators
@@ -223,6 +224,13 @@ class NLLOptions:
     save_terms: bool = False            # also write every term of every image (terms.npz, N × T)
     steps: int | None = None            # bound of the chain respaced to this many steps (None: all T)
 
+    def __post_init__(self) -> None:
+        check_int("--t-batch", self.t_batch, 1)
+        if self.decoder not in ("auto", "discretized", "continuous"):
+            raise ConfigError(f"--decoder must be auto, discretized or continuous, got {shown(self.decoder)}")
+        if self.steps is not None:
+            check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_nll)
+
 
 def chain(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
     """The model's chain, or the same model on ``steps`` evenly respaced steps (a shorter, looser bound)."""
@@ -246,6 +254,8 @@ def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch:
 def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLResult | None:
     """``ddpm nll``: the bound on a split, written to nll.json, terms.csv, per_image.csv, terms.png (rank 0)."""
     with session(common, "nll") as s:
+        if options.steps is not None:  # needs the model's T: checked before any work or file
+            check_int("--steps", options.steps, 1, s.model.diffusion.T)
         decoder = resolve_decoder(options.decoder, is_image_model(s.config))
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
                                          options.save_terms, options.steps)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model, randn
 from ..outputs import write_npz
 from ..sampling import ancestral_steps, reconstruct_from, sample_generators
@@ -50,11 +51,11 @@ def quarter_times(T: int) -> list[int]:
     return sorted({max(1, round(T * k / 4)) for k in (4, 3, 2, 1)}, reverse=True)
 
 
-def check_times(times: Sequence[int], T: int) -> list[int]:
+def check_times(times: Sequence[int], T: int, option: str = "times") -> list[int]:
     """``times`` sorted from large to small, each in 1..T."""
     bad = [t for t in times if not 1 <= t <= T]
     if bad or not times:
-        raise ValueError(f"times must be in 1..{T} (and at least one), got {list(times)}")
+        raise ConfigError(f"{option} must be in 1..{T} (and at least one), got {shown(list(times))}")
     return sorted(set(times), reverse=True)
 
 
@@ -111,6 +112,18 @@ class ProgressiveOptions:
     data: DataChoice = DataChoice("test")
     clip_denoised: bool = True
 
+    def __post_init__(self) -> None:
+        for option, value in (("--rows", self.rows), ("--columns", self.columns),
+                              ("--share-samples", self.share_samples), ("--share-images", self.share_images)):
+            check_int(option, value, 1)
+        # times <= T and indices within the split need the model and the data: run_progressive checks them
+        for option, values, lo in (("--at", self.at, 1), ("--share-t", self.share_t, 1), ("--images", self.images, 0)):
+            if values is not None:
+                if not values:  # an empty list would quietly mean "the default"
+                    raise ConfigError(f"{option} needs at least one value, got none")
+                for v in values:
+                    check_int(option, v, lo)
+
 
 @dataclass(frozen=True)
 class ProgressiveResult:
@@ -132,10 +145,10 @@ def run_progressive(common: CommonOptions,
         if not is_image_model(s.config):
             raise ValueError("ddpm progressive needs an image model (a U-Net checkpoint)")
         T = s.model.diffusion.T
-        at = check_times(options.at or evenly_spaced_times(T, options.columns), T)
-        share_t = check_times(options.share_t or quarter_times(T), T)
+        at = check_times(options.at or evenly_spaced_times(T, options.columns), T, "--at")
+        share_t = check_times(options.share_t or quarter_times(T), T, "--share-t")
+        images, indices = _test_images(s, common, options)  # bad --images fail before any sampling
         fig6 = _fig6(s, common, options, at)
-        images, indices = _test_images(s, common, options)
         fig7 = _fig7(s, common, options, images, share_t)
         if fig6 is None or fig7 is None:
             return None
@@ -161,7 +174,7 @@ def _test_images(s: Session, common: CommonOptions, options: ProgressiveOptions)
     indices = indices[:limited(len(indices), common.limit)]
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
-        raise ValueError(f"image indices {bad} are outside the {options.data.split} split (0..{n - 1})")
+        raise ConfigError(f"--images {shown(bad)} are outside the {options.data.split} split (0..{n - 1})")
     return torch.stack([dataset[i] for i in indices]), indices
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_int
 from ..diffusion import GaussianDiffusion, Model
 from .common import CommonOptions, DataChoice, is_image_model, session, write_csv, write_json, write_run_info
 from .figures import plot_rate_distortion
@@ -117,6 +118,11 @@ class RateDistortionOptions:
     num_t: int | None = None       # rows reported (None: every t); the network still runs at every t
     t_batch: int = 10              # bound terms (times t) per network call
     clip_denoised: bool = True     # clip x̂₀ to [-1, 1] (as the official evaluation)
+
+    def __post_init__(self) -> None:
+        if self.num_t is not None:  # select_times needs both ends, t = 1 and t = T
+            check_int("--num-t", self.num_t, 2)
+        check_int("--t-batch", self.t_batch, 1)
 
 
 def run_rate_distortion(common: CommonOptions,

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig, check_float, check_int, check_seed, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
-from ..processes import leave_processes
+from ..processes import check_device, leave_processes
 from ..sampling import SamplerName, sample, sample_generators
 from .common import (
     CommonOptions,
@@ -52,11 +52,10 @@ class SamplerSpec:
 
     def __post_init__(self) -> None:
         if self.sampler not in ("ancestral", "ddim"):
-            raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
+            raise ConfigError(f"--sampler must be 'ancestral' or 'ddim', got {shown(self.sampler)}")
+        if self.steps is not None:
+            check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_sample)
+        check_float("--eta", self.eta, 0.0)  # NaN would pass `eta < 0` and poison every sample
 
     def n_steps(self, T: int) -> int:
         """Network calls per sample."""
@@ -101,8 +100,8 @@ class SampleOptions:
     name: str = "samples"                # file stem: samples.npz, samples.png, samples.json
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"--n must be >= 1, got {self.n}")
+        check_int("--n", self.n, 1)
+        check_int("--grid", self.grid, 1)  # the PNG shows min(grid, n) samples; an empty grid is no image
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,8 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
     """``ddpm sample``: <name>.npz (key ``images``, uint8 NHWC; ``points`` for toy models), a PNG, a JSON (rank 0)."""
     safe_name(options.name)  # before any work: the name must stay inside --out
     with session(common, "sample") as s:
+        if options.spec.steps is not None:  # needs the model's T: checked before any sampling or file
+            check_int("--steps", options.spec.steps, 1, s.model.diffusion.T)
         n = min(options.n, common.limit) if common.limit is not None else options.n
         shape = image_shape(s.config)
         mine = shard(range(n), s.group)
@@ -147,8 +148,8 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     write_npz(npz, **{"images" if image else "points": samples})
     if image:
-        shown = samples[:options.grid]
-        save_image_grid(png, shown, nrow=max(1, math.ceil(math.sqrt(len(shown)))))
+        on_grid = samples[:options.grid]
+        save_image_grid(png, on_grid, nrow=max(1, math.ceil(math.sqrt(len(on_grid)))))
     else:
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
@@ -198,6 +199,16 @@ class FidOptions:
     limit: int | None = None                  # use the first N samples
     feature_extractor: Any = None             # an nn.Module (uint8 NCHW → features) instead of Inception
     overwrite: bool = False                   # write into an --out (or --save-stats) that holds other files
+
+    def __post_init__(self) -> None:
+        check_int("--is-splits", self.is_splits, 1)
+        check_seed("--seed", self.seed)
+        check_int("--batch-size", self.batch_size, 1)
+        check_device(self.device, allow_auto=False)  # handed to torch as it is
+        if self.limit is not None:  # images[:limit]: a negative limit would silently drop samples from the end
+            check_int("--limit", self.limit, 1)
+        if self.digits is not None and not isinstance(self.digits, bool):
+            raise ConfigError(f"--digits must be true, false or None (by the dataset), got {shown(self.digits)}")
 
 
 @dataclass(frozen=True)
