@@ -45,7 +45,7 @@ def test_corrupt_image_is_named_before_any_state_changes(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--preset", "digits", "--T", "0"], "T must be >= 1"),
+    (["--preset", "digits", "--T", "0"], "diffusion.T must be in 1..100000"),
     (["--preset", "digits", "--beta_end", "1.5"], "β_t must lie in (0, 1)"),
     (["--preset", "digits", "--image_size", "10"], "image_size=10 must be divisible by 4"),
     (["--preset", "digits", "--lr", "-1"], "train.lr must be > 0"),

@@ -15,8 +15,25 @@ _COMMANDS = ("quickstart", "train", "evaluate", "convert", "compress")
 DEBUG_ENV = "DDPM_DEBUG"  # set to 1 to see the traceback of every error, as --debug does
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's "store", except that an option given twice (under any of its spellings) is an error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        seen = namespace.__dict__.setdefault("_given_once", set())
+        if option_string is not None and self.dest in seen:
+            parser.error(f"option {option_string} is given twice (or under two spellings): give it once")
+        seen.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: the usage is one ``--help`` away, not printed above every mistake."""
+    """argparse with one-line errors (the usage is one ``--help`` away) and no option silently given twice."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -65,9 +82,12 @@ def describe_error(e: BaseException) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddpm`` console script."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "accepts_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # argparse has printed its one line (or the help)
+        return e.code if isinstance(e.code, int) else 2
     args.overrides = extra
     # information to stdout, warnings and errors to stderr: a user error is the one line there
     info, problems = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)

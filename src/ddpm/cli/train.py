@@ -33,6 +33,9 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     """The preset (or the resumed run's config) with --data and the overrides applied."""
     changes = parse_overrides(args.overrides)
     if args.data:
+        given = [k for k in ("path", "data.path") if k in changes]
+        if given:
+            raise ConfigError(f"--data and --{given[0]} both set data.path: give it once")
         changes["data.path"] = args.data
     if args.preset:
         cfg = preset(args.preset)

@@ -48,6 +48,9 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"], levels: int,
     ``ImageFolderDataset``).
     """
     check_split(split)
+    if cfg.path is not None and cfg.dataset in ("digits", "toy2d"):
+        raise DataError(f"data.path={cfg.path!r} is given, but dataset {cfg.dataset!r} is built in and reads no "
+                        "path: choose the dataset kind too (--dataset folder, npz, cifar10 or lmdb)")
     if cfg.download and cfg.dataset != "cifar10":
         log.warning("data.download is ignored for dataset %r (only cifar10 downloads)", cfg.dataset)
     if cfg.dataset == "toy2d":
