@@ -446,3 +446,20 @@ def test_a_run_written_by_another_trainer_meanwhile_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="another ddpm train wrote it"):
         first.run()
     assert tree(tmp_path / "run") == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only filesystem needs root (CI runs as root)")
+def test_a_read_only_out_is_one_line(ckpt, tmp_path, capsys):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        capsys.readouterr()
+        for args in (train_args(mnt / "run"), ["sample", "--checkpoint", str(ckpt), "--out", str(mnt / "s"), "--n",
+                                                "2", "--no-progress"]):
+            assert main(args) == 2
+            line = one_error_line(capsys)
+            assert "Read-only file system" in line and str(mnt) in line
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
