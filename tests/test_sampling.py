@@ -161,3 +161,91 @@ def test_interpolation_endpoints_decode_each_image(small_diffusion):
 def test_unknown_sampler_is_an_error(small_diffusion):
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(linear_net, small_diffusion, (1, 2), sampler="euler")  # type: ignore[arg-type]
+
+
+# --- one registry, one respacing rule (issue #18, item 1) ------------------------------------------------
+
+def test_spacings_share_one_rounding_rule_and_span_the_chain():
+    from ddpm.schedules import spaced_steps
+
+    T, K = 1000, 20
+    assert spaced_steps(T, K) == [1 + (i * (T - 1)) // (K - 1) for i in range(K)]  # uniform: today's steps
+    quad = spaced_steps(T, K, "quadratic")
+    assert quad[:4] == [1, 3, 12, 25] and quad[-1] == T  # 1 + ⌊999 (i/19)²⌋, dense at small t
+    log = spaced_steps(T, K, "logsnr", S.alpha_bar)
+    lam = 0.5 * torch.log(S.alpha_bar / (1 - S.alpha_bar))
+    gaps = -torch.diff(lam[torch.tensor(log) - 1])
+    assert log[0] == 1 and log[-1] == T and gaps.max() < 1.6 * gaps.min()  # even in λ up to integer rounding
+    for steps in (quad, log, spaced_steps(30, 29, "quadratic"), spaced_steps(30, 29, "logsnr", S.alpha_bar[:30])):
+        assert steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= T  # duplicates pushed up, distinct
+
+
+def test_bad_spacings_and_step_counts_are_refused():
+    from ddpm.config import ConfigError
+    from ddpm.schedules import spaced_steps
+
+    with pytest.raises(ConfigError, match=r"^unknown spacing 'cubic'; expected one of uniform, quadratic, logsnr$"):
+        GaussianDiffusion(S).with_steps(10, "cubic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^steps must be in 1..1000, got 1001$"):
+        GaussianDiffusion(S).with_steps(1001)
+    with pytest.raises(ConfigError, match=r"^steps must be in 1..1000, got 2.5$"):
+        spaced_steps(1000, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^spacing 'logsnr' needs the schedule's"):
+        spaced_steps(1000, 10, "logsnr")
+
+
+def test_with_steps_is_the_one_respacing_entry_point():
+    from ddpm.schedules import spaced_steps
+
+    d = GaussianDiffusion(S)
+    assert d.with_steps(None) is d and d.with_steps(1000, "logsnr") is d  # all T steps: the chain itself
+    for spacing in ("uniform", "quadratic", "logsnr"):
+        r = d.with_steps(25, spacing)
+        expected = spaced_steps(1000, 25, spacing, S.alpha_bar)
+        assert r.T == 25 and r.schedule.timesteps.tolist() == [t - 1 for t in expected]
+
+
+def test_every_registered_sampler_has_one_signature_and_can_start_from_t_start():
+    from ddpm.sampling import SAMPLERS, sampler_help
+
+    d = GaussianDiffusion(S).with_steps(12)
+    x = randn((2, 3), torch.Generator().manual_seed(0))
+    for name, info in SAMPLERS.items():
+        steps = list(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True, 5))
+        assert [s.t for s in steps] == [5, 4, 3, 2, 1], name
+        assert steps[-1].x.shape == x.shape and torch.isfinite(steps[-1].x).all(), name
+        assert name in sampler_help() and "\n" not in info.description
+        again = run(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True))
+        other = run(info.steps(linear_net, d, x, sample_generators(1, 0, 2), True))
+        assert torch.equal(again, run(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True)))
+        assert torch.equal(again, other) != info.stochastic, name  # stochastic ⇔ the seed matters given x_T
+
+
+def test_sample_refuses_bad_names_eta_and_t_start(small_diffusion):
+    from ddpm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown sampler 'euler'; expected one of ancestral, ddim, dpm\+\+2m, "
+                                          r"dpm\+\+3m, sde-dpm\+\+2m$"):
+        sample(linear_net, small_diffusion, (1, 2), sampler="euler")
+    with pytest.raises(ConfigError, match=r"^eta applies to ddim only, not to sampler 'dpm\+\+2m'; got eta=0.5$"):
+        sample(linear_net, small_diffusion, (1, 2), sampler="dpm++2m", eta=0.5)
+    with pytest.raises(ConfigError, match=r"^eta must be a finite number >= 0, got nan$"):
+        sample(linear_net, small_diffusion, (1, 2), sampler="ddim", eta=float("nan"))
+    with pytest.raises(ConfigError, match=r"^t_start must be an integer in 1..50 \(a time of this chain\), got 0$"):
+        next(ancestral_steps(linear_net, small_diffusion, torch.zeros(1, 2), None, True, t_start=0))
+
+
+def test_dpm_solver_through_sample_with_few_steps_is_close_to_ddim_with_many():
+    """On Gaussian data with the exact ε, 10 steps of DPM-Solver++(2M) land nearer the 1000-step DDIM result
+    (the probability-flow ODE solved finely) than 10 DDIM steps do."""
+    d = GaussianDiffusion(S, "eps", "fixed_beta_tilde")
+    model = gaussian_optimal_eps(0.3, 0.25)
+
+    def draw(sampler, steps, spacing="uniform"):
+        return sample(model, d, (64, 2), torch.Generator().manual_seed(0), sampler=sampler, steps=steps,
+                      clip_denoised=False, spacing=spacing)
+
+    fine = draw("ddim", None)
+    err_ddim = (draw("ddim", 10, "logsnr") - fine).abs().max()
+    err_dpm = (draw("dpm++2m", 10, "logsnr") - fine).abs().max()
+    assert err_dpm < err_ddim / 3, (err_dpm, err_ddim)

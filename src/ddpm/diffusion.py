@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .config import DiffusionConfig, LossType, MeanType, VarType
+from .config import ConfigError, DiffusionConfig, LossType, MeanType, VarType
 from .likelihood import (
     discretized_gaussian_log_likelihood,
     gaussian_log_density,
@@ -21,7 +21,7 @@ from .likelihood import (
     nats_to_bits_per_dim,
     normal_kl,
 )
-from .schedules import Schedule, gather
+from .schedules import SPACINGS, Schedule, Spacing, gather, spaced_steps
 
 Tensor = torch.Tensor
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -233,6 +233,17 @@ class GaussianDiffusion:
         """The same model on a shorter chain through paper-time steps ``use_steps``."""
         return GaussianDiffusion(self.schedule.respace(use_steps), self.mean_type, self.var_type,
                                  self.loss_type, self.levels, self.hybrid_lambda)
+
+    def with_steps(self, steps: int | None, spacing: Spacing = "uniform") -> GaussianDiffusion:
+        """The one respacing entry point: this model on ``steps`` of its T steps chosen by ``spacing``.
+
+        ``None`` or T keeps the chain itself (bit-identical, no recomputed tables); see ``spaced_steps``.
+        """
+        if spacing not in SPACINGS:
+            raise ConfigError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+        if steps is None or (steps == self.T and not isinstance(steps, bool)):
+            return self
+        return self.respaced(spaced_steps(self.T, steps, spacing, self.schedule.alpha_bar))
 
     def model_input_time(self, t: Tensor) -> Tensor:
         """The network's time input for paper times t: the 0-indexed step of the original chain."""

@@ -7,8 +7,10 @@ Time runs t = 1..T as in the paper; tables are 0-indexed arrays whose entry t �
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -144,14 +146,44 @@ class Schedule:
         return Schedule.from_betas(1.0 - alpha_bar / prev, timesteps=self.timesteps[torch.tensor(steps) - 1])
 
 
-def spaced_steps(T: int, K: int) -> list[int]:
-    """K paper-time steps from 1..T, evenly spaced and always including T (for DDIM / respacing)."""
-    if not 1 <= K <= T:
-        raise ConfigError(f"steps must be in 1..{T}, got {K}")
+Spacing = Literal["uniform", "quadratic", "logsnr"]
+SPACINGS: tuple[Spacing, ...] = ("uniform", "quadratic", "logsnr")
+
+
+def spaced_steps(T: int, K: int, spacing: Spacing = "uniform", alpha_bar: Tensor | None = None) -> list[int]:
+    """K distinct paper-time steps from 1..T, always including 1 and T (K > 1), for respacing and DDIM.
+
+    ``uniform``: evenly spaced (t_i = 1 + ⌊i(T − 1)/(K − 1)⌋); ``quadratic``: t_i = 1 + ⌊(T − 1)(i/(K − 1))²⌋,
+    dense at small t (DDIM, Song et al. 2021, App. D.2, here spanning 1..T); ``logsnr``: uniform in
+    λ_t = ½ log(ᾱ_t/(1 − ᾱ_t)) between λ_1 and λ_T (DPM-Solver's default), which needs ``alpha_bar``.
+    One rounding rule for all: round each position down, then push duplicates up (and never past T).
+    """
+    if isinstance(K, bool) or not isinstance(K, numbers.Integral) or not 1 <= K <= T:
+        raise ConfigError(f"steps must be in 1..{T}, got {K!r}")
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     if K == 1:
         return [T]
-    # integer spacing (T − 1)/(K − 1) >= 1, so the K steps are distinct and include 1 and T
-    return [1 + (i * (T - 1)) // (K - 1) for i in range(K)]
+    if spacing == "uniform":
+        # integer arithmetic, so these are exactly the steps of every earlier release
+        return [1 + (i * (T - 1)) // (K - 1) for i in range(K)]
+    frac = torch.arange(K, dtype=torch.float64) / (K - 1)
+    if spacing == "quadratic":
+        pos = 1 + (T - 1) * frac**2
+    else:
+        if alpha_bar is None or alpha_bar.numel() != T:
+            raise ConfigError(f"spacing 'logsnr' needs the schedule's ᾱ_1..ᾱ_{T}")
+        lam = 0.5 * torch.log(alpha_bar.double() / (1 - alpha_bar.double()))  # decreasing in t
+        target = lam[0] + (lam[-1] - lam[0]) * frac
+        # invert λ(t) by linear interpolation between integer t (λ decreases, so search −λ)
+        hi = torch.searchsorted(-lam, -target).clamp(1, T - 1)
+        w = (target - lam[hi - 1]) / (lam[hi] - lam[hi - 1])
+        pos = hi.double() + w.clamp(0, 1)  # paper time of entry hi − 1 is hi
+    steps: list[int] = []
+    for i, u in enumerate(pos.tolist()):
+        t = max(int(math.floor(u + 1e-9)), steps[-1] + 1 if steps else 1)
+        steps.append(min(t, T - (K - 1 - i)))
+    return steps
 
 
 def gather(table: Tensor, t: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:

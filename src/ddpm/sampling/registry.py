@@ -1,0 +1,79 @@
+"""The one table of samplers: name → iterator of SampleStep, a one-line description and what it takes.
+
+Every sampler has the signature ``steps(model, diffusion, x_T, generator, clip_denoised, t_start)`` (extra
+knobs keyword-only, e.g. DDIM's ``eta``); ``sample``, the CLI, the quickstart and the benchmarks read their
+names and help from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..diffusion import GaussianDiffusion, Generators, Model, randn
+from ..schedules import Spacing
+from .ancestral import ancestral_steps, ddim_steps
+from .dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps, sde_dpmpp_2m_steps
+from .steps import SampleStep, run
+
+Tensor = torch.Tensor
+SamplerFn = Callable[..., Iterator[SampleStep]]
+SamplerName = str  # a key of SAMPLERS
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One registered sampler."""
+
+    steps: SamplerFn          # (model, diffusion, x_T, generator, clip_denoised, t_start) -> SampleSteps
+    description: str          # one line, shown by `ddpm sample --help`
+    stochastic: bool          # draws fresh noise each step (else x_T fixes the result)
+    takes_t_start: bool = True  # can start from a given x_t at paper time t_start
+    takes_eta: bool = False   # DDIM's η
+
+
+SAMPLERS: dict[str, SamplerInfo] = {
+    "ancestral": SamplerInfo(ancestral_steps, "Algorithm 2 of Ho et al. (2020): x_{t-1} = mu_theta + sigma_t z",
+                             stochastic=True),
+    "ddim": SamplerInfo(ddim_steps, "DDIM (Song et al. 2021, Eq. 12); --eta 0 is deterministic", stochastic=False,
+                        takes_eta=True),
+    "dpm++2m": SamplerInfo(dpmpp_2m_steps, "DPM-Solver++(2M) (Lu et al. 2022), second order ODE, 10-25 steps",
+                           stochastic=False),
+    "dpm++3m": SamplerInfo(dpmpp_3m_steps, "DPM-Solver++(3M), third order multistep ODE", stochastic=False),
+    "sde-dpm++2m": SamplerInfo(sde_dpmpp_2m_steps, "SDE-DPM-Solver++(2M), the reverse SDE with fresh noise each "
+                               "step", stochastic=True),
+}
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+
+
+def get_sampler(name: str) -> SamplerInfo:
+    """The registered sampler ``name``; an unknown name is a ConfigError listing the known ones."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLER_NAMES)}")
+    return SAMPLERS[name]
+
+
+def sampler_help() -> str:
+    """One line per sampler, for ``--help``."""
+    return "; ".join(f"{name}: {info.description}" for name, info in SAMPLERS.items())
+
+
+def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], generator: Generators = None,
+           sampler: SamplerName = "ancestral", steps: int | None = None, eta: float = 0.0,
+           clip_denoised: bool = True, device: torch.device | str = "cpu", progress: bool = False,
+           spacing: Spacing = "uniform") -> Tensor:
+    """Samples x_0 of ``shape`` with a registered sampler on all T steps or ``steps`` of them (``spacing``)."""
+    info = get_sampler(sampler)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
+    if eta and not info.takes_eta:
+        raise ConfigError(f"eta applies to ddim only, not to sampler {sampler!r}; got eta={eta!r}")
+    d = diffusion.with_steps(steps, spacing)
+    x_T = randn(tuple(shape), generator, device)
+    extra = {"eta": eta} if info.takes_eta else {}
+    it = info.steps(model, d, x_T, generator, clip_denoised, **extra)
+    return run(it, progress, d.T, desc=f"{sampler} ({d.T} steps)")
