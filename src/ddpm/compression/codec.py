@@ -121,8 +121,7 @@ def image_shape(model: LoadedModel) -> tuple[int, int, int]:
 def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool) -> ChainCode:
     """The chain both sides code with: the model's T steps, or ``steps`` of them evenly respaced."""
     diffusion = model.diffusion
-    if steps != diffusion.T:
-        diffusion = diffusion.respaced(spaced_steps(diffusion.T, steps))
+    diffusion = diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
     if not 1 <= window <= 255:
         raise CompressionError(f"window must be 1..255 standard deviations, got {window}")
     if not -8 <= grid_log2 <= 4:

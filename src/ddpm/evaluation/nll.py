@@ -21,7 +21,6 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..sampling import sample_generators
-from ..schedules import spaced_steps
 from .common import (
     CommonOptions,
     DataChoice,
@@ -234,7 +233,7 @@ class NLLOptions:
 
 def chain(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
     """The model's chain, or the same model on ``steps`` evenly respaced steps (a shorter, looser bound)."""
-    return diffusion if steps is None or steps == diffusion.T else diffusion.respaced(spaced_steps(diffusion.T, steps))
+    return diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
 
 
 def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch: int, clip_denoised: bool,
