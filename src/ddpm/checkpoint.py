@@ -23,6 +23,7 @@ import os
 import pickle  # only for its exception type: nothing here unpickles anything
 import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,13 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _LEFTOVER = re.compile(r"^\.(?:tmp|old)-(.+)-(\d+)$")  # a temp or replaced dir, tagged with its writer's pid
 _TAGS = ("__tensor__", "__tuple__", "__dict__", "__float__")  # JSON objects that stand for other values
 _CHUNK = 1 << 20
+
+# Bounds on what an untrusted file may make us read before anything in it is checked (issue 13). A real
+# meta.json is a few KB (the run config and the optimizer's structure) and nests about 8 deep; a safetensors
+# header spends ~100 bytes per tensor, so 16 MiB is ~150k tensors (the paper's 256² U-Net has ~600).
+MAX_JSON_BYTES = 16 << 20
+MAX_JSON_DEPTH = 64
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
 
 
 class CheckpointError(ValueError):
@@ -102,25 +110,101 @@ def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Load and validate a checkpoint directory, or the latest complete checkpoint of a run directory."""
+    return _read_checkpoint_dir(_checkpoint_dir(Path(path)), map_location)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself, read without loading (or hashing) a single tensor."""
+
+    path: Path                                   # the checkpoint directory (a run directory resolved to its latest)
+    step: int
+    config: dict[str, Any]
+    tensors: dict[str, dict[str, tuple[str, tuple[int, ...]]]]  # field ("model", "ema", ...) -> name -> (dtype, shape)
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """meta.json and the safetensors headers of a checkpoint (or a run's latest): names, dtypes and shapes.
+
+    Reads at most MAX_JSON_BYTES of meta.json and MAX_SAFETENSORS_HEADER_BYTES of each header, so that a
+    caller can compare what a config asks for with what the files hold before allocating anything.
+    """
+    path = _checkpoint_dir(Path(path))
+    meta = _read_meta(path)
+    tensors = {}
+    for key, name in FILES.items():
+        info = meta["files"].get(name)
+        if info is None:
+            continue
+        file = path / name
+        if not isinstance(info, dict) or not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {name}")
+        header = read_safetensors_header(file)
+        names = info.get("names", list(header))
+        if not isinstance(names, list) or sorted(map(str, names)) != sorted(header):
+            raise CheckpointError(f"{file} holds {len(header)} tensors that differ from the {META} list of "
+                                  f"{len(names) if isinstance(names, list) else 'no'} names")
+        tensors[key] = header
+    if "model" not in tensors:
+        raise CheckpointError(f"checkpoint {path} lists no {FILES['model']} in {META}")
+    return CheckpointInfo(path, meta["step"], meta["config"], tensors)
+
+
+def read_safetensors_header(file: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every tensor in a safetensors file, from its header alone (no tensor is read).
+
+    The header's length (its first 8 bytes) is checked against MAX_SAFETENSORS_HEADER_BYTES and the file's size
+    before it is read; safetensors then checks that every tensor's bytes lie inside the file.
+    """
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointError(f"{file} cannot be read: {e}") from None
+    if len(head) < 8:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {size} bytes, shorter than its header")
+    n = int.from_bytes(head, "little")
+    if n > min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+        raise CheckpointError(f"{file} is not a readable safetensors file: its header claims {n} bytes (the file "
+                              f"has {size}; a header may hold at most {MAX_SAFETENSORS_HEADER_BYTES})")
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
+
+
+def read_json(path: str | Path, error: type[ValueError] = CheckpointError) -> Any:
+    """A JSON file from an untrusted source: at most MAX_JSON_BYTES, nested at most MAX_JSON_DEPTH deep.
+
+    Anything else is an ``error`` naming the file — never a RecursionError or MemoryError (``"[" * 10**5``
+    overflows the parser's stack; code that walks the result recursively needs the depth bound too).
+    """
     path = Path(path)
-    if path.is_file() and path.name == META:
-        path = path.parent
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint or run directory at {path}")
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is a file; expected a checkpoint directory or a run directory")
-    if not (path / META).exists():
-        if _STEP_DIR.match(path.name):
-            raise CheckpointError(f"checkpoint {path} is incomplete: {META} is missing")
-        latest = latest_checkpoint(path)
-        if latest is None and path.name == "checkpoints":  # given the run's checkpoints/ folder itself
-            latest = latest_checkpoint(path.parent)
-        if latest is None:
-            raise FileNotFoundError(
-                f"no complete checkpoint in {path} (looked for {path / 'checkpoints'}/step_*/{META})"
-            )
-        path = latest
-    return _read_checkpoint_dir(path, map_location)
+    try:
+        with open(path, "rb") as f:
+            data = read_at_most(f, MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise error(f"{path} cannot be read: {e}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise error(f"{path} is larger than {MAX_JSON_BYTES} bytes, more than a JSON file here may hold")
+    deep = f"{path} nests JSON deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise error(deep) from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, too many digits, not UTF-8
+        raise error(f"{path} is not valid JSON (truncated or corrupt?): {_first_line(e)}") from None
+    todo = [(obj, 1)]  # iterative: a recursive walk is what the bound protects
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise error(deep)
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return obj
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -167,13 +251,18 @@ def set_aside_checkpoint(path: str | Path) -> Path:
     return target
 
 
-def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a foreign ``.bin``/``.pt`` (or ``.safetensors``) weight file without running pickled code."""
+def safe_torch_load(path: str | Path, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
+    """Load a foreign ``.bin``/``.pt`` (or ``.safetensors``) weight file without running pickled code.
+
+    A torch zip file is refused before loading when its records unpack to more than ``max_bytes`` (default:
+    the file's own size — ``torch.save`` stores records uncompressed, so only a crafted file inflates).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, "cpu")
+    _check_zip_size(path, path.stat().st_size if max_bytes is None else max_bytes)
     try:
         # weights_only=True: the unpickler only builds tensors and plain containers, never calls code
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -403,7 +492,13 @@ def _read_checkpoint_dir(path: Path, map_location: str) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} lists no {FILES['model']} in {META}")
     optimizer = None
     if meta["optimizer"] is not None:
-        optimizer = _decode(meta["optimizer"], groups.get("optimizer", {}), path)
+        try:
+            optimizer = _decode(meta["optimizer"], groups.get("optimizer", {}), path)
+        except (TypeError, ValueError, KeyError) as e:  # a crafted tag: {"__tuple__": 3}, {"__float__": "x"}, ...
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path / META} has a malformed optimizer structure ({_first_line(e)})") \
+                from None
     return Checkpoint(
         step=meta["step"],
         config=meta["config"],
@@ -415,15 +510,34 @@ def _read_checkpoint_dir(path: Path, map_location: str) -> Checkpoint:
     )
 
 
+def _checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory ``path`` names: itself, its meta.json's folder, or a run's latest checkpoint."""
+    if path.is_file() and path.name == META:
+        path = path.parent
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint or run directory at {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; expected a checkpoint directory or a run directory")
+    if not (path / META).exists():
+        if _STEP_DIR.match(path.name):
+            raise CheckpointError(f"checkpoint {path} is incomplete: {META} is missing")
+        latest = latest_checkpoint(path)
+        if latest is None and path.name == "checkpoints":  # given the run's checkpoints/ folder itself
+            latest = latest_checkpoint(path.parent)
+        if latest is None:
+            raise FileNotFoundError(
+                f"no complete checkpoint in {path} (looked for {path / 'checkpoints'}/step_*/{META})"
+            )
+        path = latest
+    return path
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     """Parse and check meta.json: format, version, step and the file table."""
     meta_path = path / META
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {META} is missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{meta_path} is not valid JSON (truncated or corrupt?): {e}") from None
+    meta = read_json(meta_path)  # bounded in size and depth: _decode and from_dict recurse over it
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{meta_path} is not a {FORMAT_NAME!r} checkpoint (format: {found!r})")
@@ -444,8 +558,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     m = _STEP_DIR.match(path.name)
     if m and int(m.group(1)) != step:
         raise CheckpointError(f"{meta_path} says step {step} but the directory is named {path.name}")
-    if not isinstance(meta["files"], dict) or not isinstance(meta["extra"], dict):
-        raise CheckpointError(f"{meta_path}: 'files' and 'extra' must be JSON objects")
+    if not all(isinstance(meta[k], dict) for k in ("files", "extra", "config")):
+        raise CheckpointError(f"{meta_path}: 'config', 'files' and 'extra' must be JSON objects")
     unknown = set(meta["files"]) - set(FILES.values())
     if unknown:  # also keeps a crafted meta.json from pointing outside the directory
         raise CheckpointError(f"{meta_path} lists unknown files {sorted(unknown)}")
@@ -478,6 +592,21 @@ def _load_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
 
 
+def _check_zip_size(path: Path, limit: int) -> None:
+    """Refuse a zip (torch's format since 1.6) whose records would unpack to more than ``limit`` bytes."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # not a zip: torch.load says what it is
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # a damaged zip: torch.load names the damage
+    total = sum(i.file_size for i in infos)
+    if total > limit:
+        raise CheckpointError(f"{path}: its {len(infos)} zip records unpack to {total} bytes, more than the "
+                              f"{limit} bytes allowed for it (a zip bomb, or weights far larger than expected)")
+
+
 def _in_order(tensors: dict[str, torch.Tensor], info: dict[str, Any], file: Path) -> dict[str, torch.Tensor]:
     """The loaded tensors in the order they were saved, after checking that none is missing or extra."""
     names = info.get("names", list(tensors))
@@ -505,6 +634,15 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
         if tag == "__float__":
             return float(value)
     return {k: _decode(v, tensors, path) for k, v in obj.items()}
+
+
+def read_at_most(f: Any, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a binary file, read in pieces (``f.read(limit)`` would allocate ``limit`` at once)."""
+    parts, total = [], 0
+    while total < limit and (part := f.read(min(_CHUNK, limit - total))):
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def _chunks(f: Any) -> Iterator[bytes]:

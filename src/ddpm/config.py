@@ -32,6 +32,9 @@ MAX_SEED = 2**32 - 1
 # checkpoint's meta.json says: the paper uses 1000, continuous-time limits are approached by 4000 (Nichol &
 # Dhariwal); 10^5 keeps the tables at a few MB while 10^9 would ask for gigabytes before anything is checked.
 MAX_T = 100_000
+# Image sizes that no weight shape reveals (the U-Net's weights are the same at any size), but that size every
+# activation and sample: the largest DDPM models are 256², diffusers' largest UNet2DModel 1024².
+MAX_IMAGE_SIZE = 4096
 
 
 def shown(value: Any, limit: int = 80) -> str:

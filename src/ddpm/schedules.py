@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from .config import ConfigError, DiffusionConfig, ScheduleName
+from .config import MAX_T, ConfigError, DiffusionConfig, ScheduleName
 
 Tensor = torch.Tensor
 
@@ -46,8 +46,9 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
 
 def make_betas(name: ScheduleName, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """β_1..β_T of a named schedule (``constant`` uses ``beta_end`` as its value)."""
-    if T < 1:
-        raise ConfigError(f"T (number of diffusion steps) must be >= 1, got {T}")
+    # the same bound as config validation, for callers that build a schedule without a RunConfig
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or not 1 <= T <= MAX_T:
+        raise ConfigError(f"T (number of diffusion steps) must be an integer in 1..{MAX_T}, got {T!r}")
     if name == "linear":
         return linear_betas(T, beta_start, beta_end)
     if name == "quadratic":
@@ -92,6 +93,8 @@ class Schedule:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 1:
             raise ConfigError("a schedule needs T >= 1 betas, got none")
+        if betas.numel() > MAX_T:
+            raise ConfigError(f"a schedule of {betas.numel()} betas is longer than T = {MAX_T}, the most supported")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
             bad = betas[~((betas > 0) & (betas < 1))]
             raise ConfigError(f"every β_t must lie in (0, 1); got values such as {bad[:3].tolist()}")

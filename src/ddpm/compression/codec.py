@@ -28,12 +28,13 @@ from ..config import ConfigError, check_int
 from ..loading import LoadedModel
 from ..schedules import spaced_steps
 from .chain import ChainCode, decode_chain, encode_chain, latent_grid
-from .container import Header, pack, unpack
+from .container import BITS_PER_IMAGE, MAX_THREADS, Header, pack, unpack
 from .errors import CompressionError
 from .stack import Stack
 
 _INITIAL_SEED = 0x0DD9
 _MARGIN_WORDS = 2  # words kept below the lowest point the coder reached
+_MAX_GROWTH = 4  # the seeded words grow ×4 at most this many times (×256 in all): a decoder checks the count
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,12 @@ def batch_plan(count: int, batch_size: int) -> list[tuple[int, int]]:
     return plan
 
 
+def first_initial_words(dims: int, grid_log2: int) -> int:
+    """Seeded words the first attempt starts with: two latents of one image, ≈ log2(√(2πe)/ratio) bits each."""
+    bits = 2 * (8 + max(0, -grid_log2))
+    return math.ceil(dims * bits / 32) + 64
+
+
 def initial_words(n: int) -> np.ndarray:
     """The seeded random words a stack starts with (nonzero, so the coder reads them as given)."""
     return np.random.default_rng(_INITIAL_SEED).integers(1, 2**32, size=n, dtype=np.uint32)
@@ -181,20 +188,26 @@ def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = Cod
     code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised)
     dims = int(np.prod(shape))
     plan = batch_plan(len(images), options.batch_size)
-    # words for the first image to borrow: two latents of ≈ log2(√(2πe)/ratio) bits per value, ample margin
-    bits = 2 * (8 + max(0, -options.grid_log2))
-    n_init = math.ceil(dims * bits / 32) + 64
     threads = torch.get_num_threads()
-    while True:
+    if threads > MAX_THREADS:  # the receiver must run with the same number, and refuses more
+        raise CompressionError(f"torch runs {threads} threads; a file records at most {MAX_THREADS}: "
+                               "torch.set_num_threads(…) first")
+    # every file holds >= BITS_PER_IMAGE payload bits per image, so that a receiver can bound the count it is told
+    need = math.ceil(len(images) * BITS_PER_IMAGE / 32)
+    for growth in range(_MAX_GROWTH + 1):
+        n_init = first_initial_words(dims, options.grid_log2) * 4**growth
         stack = Stack(initial_words(n_init))
         bar = tqdm(total=len(plan) * code.T, desc="compress", unit="step", disable=not progress, leave=False)
         for start, n in plan:
             encode_chain(stack, model, code, images[start:start + n], bar.update)
         bar.close()
-        if stack.low_water >= _MARGIN_WORDS:
+        trimmed = min(stack.low_water - _MARGIN_WORDS, stack.num_words - need)
+        if trimmed >= 0:
             break
-        n_init *= 4  # the first batch borrowed more than expected: start again with more words
-    trimmed = stack.low_water - _MARGIN_WORDS
+        # the first batch borrowed more than expected (or nearly nothing was coded): again with more words
+    else:
+        raise CompressionError(f"the images borrowed more than {n_init} seeded words (×{4**_MAX_GROWTH} the "
+                               "usual): the model predicts them implausibly badly or implausibly well")
     payload = stack.words()[trimmed:]
     header = Header(model_hash(model), len(images), *shape, levels, steps, options.batch_size, options.grid_log2,
                     options.window, threads, options.clip_denoised, n_init, trimmed, int(payload.size))
@@ -206,23 +219,40 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
                name: str = "the file") -> Decompressed:
     """Decode a file's bytes with the model it was made with; ``previews`` x̂₀ snapshots along the way."""
     tick = time.perf_counter()
-    header, payload = unpack(data, name)
-    ours = model_hash(model)
-    if header.model_hash != ours:
-        raise CompressionError(f"{name} was made with a different model (hash {header.model_hash.hex()}, this "
-                               f"checkpoint's is {ours.hex()}): use the checkpoint and --weights "
-                               "it was compressed with")
+    header, payload = unpack(data, name)  # every field in range and consistent with the payload's size
+    # then against the model, before anything costly (hashing the weights, tables, decoding)
     shape = image_shape(model)
     if (header.channels, header.height, header.width) != shape or header.levels != model.diffusion.levels:
         raise CompressionError(f"{name} holds {header.channels}×{header.height}×{header.width} images at "
                                f"{header.levels} levels; this model codes {'×'.join(map(str, shape))} at "
                                f"{model.diffusion.levels}")
+    if header.steps > model.diffusion.T:
+        raise CompressionError(f"{name} has header field steps={header.steps}; this model's chain has "
+                               f"T = {model.diffusion.T} steps")
+    first = first_initial_words(int(np.prod(shape)), header.grid_log2)
+    allowed = [first * 4**g for g in range(_MAX_GROWTH + 1)]
+    if header.initial_words not in allowed:  # what compress can have written: bounds the seeded words made below
+        raise CompressionError(f"{name} has header field initial_words={header.initial_words}; a sender of "
+                               f"these images starts with one of {allowed}")
+    if header.trimmed_words > header.initial_words - _MARGIN_WORDS:
+        raise CompressionError(f"{name} has header field trimmed_words={header.trimmed_words}; at most "
+                               f"initial_words − {_MARGIN_WORDS} = {header.initial_words - _MARGIN_WORDS}")
+    ours = model_hash(model)
+    if header.model_hash != ours:
+        raise CompressionError(f"{name} was made with a different model (hash {header.model_hash.hex()}, this "
+                               f"checkpoint's is {ours.hex()}): use the checkpoint and --weights "
+                               "it was compressed with")
     code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised)
     preview_ts = set(spaced_steps(code.T, min(previews, code.T))) if previews > 0 else set()
     shots: dict[int, np.ndarray] = {t: np.zeros((header.count, *shape), np.float32) for t in preview_ts}
     out = np.zeros((header.count, *shape), dtype=np.uint8)
     plan = batch_plan(header.count, header.batch)
-    stack = Stack(payload)
+    try:
+        stack = Stack(payload)
+    except CompressionError:
+        raise
+    except ValueError as e:  # constriction: "ANS compressed data never ends in a zero word"
+        raise CompressionError(f"{name} has a payload that is no ANS stack ({e})") from None
     bar = tqdm(total=len(plan) * code.T, desc="decompress", unit="step", disable=not progress, leave=False)
     astray = (f"{name} did not decode to a verified end: the network's outputs differ from the sender's "
               "(another machine, torch build or thread count?) or the file was altered")
@@ -239,9 +269,9 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
         raise CompressionError(f"{astray} ({e})") from e
     finally:
         bar.close()
-    expected = initial_words(header.initial_words)[header.trimmed_words:]
     left = stack.words()
-    if left.shape != expected.shape or not np.array_equal(left, expected):
+    if left.size != header.initial_words - header.trimmed_words or \
+            not np.array_equal(left, initial_words(header.initial_words)[header.trimmed_words:]):
         raise CompressionError(astray)
     paper_time = code.diffusion.schedule.timesteps  # previews are named by the original chain's t
     return Decompressed(out, header, time.perf_counter() - tick,

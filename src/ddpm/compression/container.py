@@ -13,12 +13,23 @@ from dataclasses import astuple, dataclass
 
 import numpy as np
 
+from ..config import MAX_T
 from .errors import CompressionError
 
 MAGIC = b"DDPZ"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sB16sIBHHHIHbBHBIII")
 _CRC = struct.Struct("<I")
+
+# What a header may say (issue 13): each field is checked against these before anything is decoded or
+# allocated, so that a crafted file cannot loop (batch = 0), spawn threads (threads = 65535) or allocate
+# (count = 2³² − 1 images) without bound. The sender's options have the same ranges (``codec``).
+MAX_BATCH = 4096
+MAX_THREADS = 1024
+GRID_LOG2_RANGE = (-8, 4)          # δ_t of 1/256 to 16 standard deviations
+WINDOW_RANGE = (1, 255)            # coding windows of ± window standard deviations
+MAX_DECODED_BYTES = 1 << 31        # count·C·H·W, the uint8 images the decoder allocates
+BITS_PER_IMAGE = 1                 # every file holds at least this many payload bits per image (``codec.compress``)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     magic, version, *fields = _HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
         raise CompressionError(f"{name} has format version {version}; this ddpm reads version {FORMAT_VERSION}")
+    if fields[11] not in (0, 1):
+        raise CompressionError(f"{name} has header field clip_denoised={fields[11]}; expected 0 or 1")
     fields[11] = bool(fields[11])
     header = Header(*fields)
     expected = _HEADER.size + 4 * header.payload_words + _CRC.size
@@ -70,5 +83,33 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     body = data[:-_CRC.size]
     if zlib.crc32(body) != _CRC.unpack_from(data, len(body))[0]:
         raise CompressionError(f"{name} is corrupted: its CRC-32 checksum does not match its contents")
+    check_header(header, name)
     payload = np.frombuffer(body, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     return header, payload
+
+
+def check_header(h: Header, name: str = "the file") -> None:
+    """Every field within its range and consistent with the payload's size, else a CompressionError naming it."""
+    ranges = {
+        "count": (1, None), "channels": (1, 3), "height": (1, None), "width": (1, None), "levels": (2, 256),
+        "steps": (1, MAX_T), "batch": (1, MAX_BATCH), "grid_log2": GRID_LOG2_RANGE, "window": WINDOW_RANGE,
+        "threads": (1, MAX_THREADS), "initial_words": (1, None),
+    }
+    for field, (lo, hi) in ranges.items():
+        value = getattr(h, field)
+        if value < lo or (hi is not None and value > hi):
+            expected = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise CompressionError(f"{name} has header field {field}={value}; expected {expected}")
+    if h.channels not in (1, 3):
+        raise CompressionError(f"{name} has header field channels={h.channels}; expected 1 (grey) or 3 (RGB)")
+    decoded = h.count * h.channels * h.height * h.width
+    if decoded > MAX_DECODED_BYTES:
+        raise CompressionError(f"{name} has header field count={h.count}: {h.count} images of {h.channels}×"
+                               f"{h.height}×{h.width} are {decoded} bytes, more than the {MAX_DECODED_BYTES} a "
+                               "decoder allocates")
+    if h.count > 32 * h.payload_words // BITS_PER_IMAGE:
+        raise CompressionError(f"{name} has header field count={h.count}, but its payload of {h.payload_words} "
+                               f"words cannot hold that many images (each costs at least {BITS_PER_IMAGE} bit)")
+    if h.trimmed_words > h.initial_words:
+        raise CompressionError(f"{name} has header field trimmed_words={h.trimmed_words}, more than its "
+                               f"initial_words={h.initial_words}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import logging
+import lzma
+import math
 import os
 import pickle
 import tarfile
@@ -26,6 +30,12 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
 BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
+# A real batch pickles to 31,035,704 bytes (10,000 images of 3,072 bytes, labels and file names) and the whole
+# archive unpacks to ~178 MiB. A crafted archive (a gzip bomb, a tar header declaring terabytes, a pickle asking
+# for a huge array) is refused once it goes past these, having read and held no more than them.
+MAX_MEMBER_BYTES = 64 << 20
+MAX_ARCHIVE_BYTES = 256 << 20
+
 
 # --- a restricted unpickler: numpy arrays, nothing else ----------------------------------------
 
@@ -44,11 +54,25 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
         from numpy.core.numeric import _frombuffer
+    def bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        # _reconstruct allocates shape × itemsize bytes at once (pickles ask for shape (0,) and fill it with
+        # __setstate__, which must supply every byte): a crafted shape must not allocate more than a batch holds
+        try:
+            nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype.decode() if isinstance(dtype, bytes)
+                                                                 else dtype).itemsize
+        except (TypeError, ValueError) as e:
+            raise RefusedGlobal(f"'_reconstruct' of shape {str(shape)[:40]} and dtype {str(dtype)[:40]} ({e})") \
+                from None
+        if subtype is not np.ndarray or nbytes > MAX_MEMBER_BYTES:
+            raise RefusedGlobal(f"'_reconstruct' asked for {nbytes} bytes of {getattr(subtype, '__name__', subtype)}; "
+                                f"a batch's arrays hold at most {MAX_MEMBER_BYTES}")
+        return _reconstruct(subtype, shape, dtype)
+
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                                            ("_codecs", "encode"): _latin1_bytes}
     for core in ("numpy.core", "numpy._core"):  # pickles name numpy 1.x or 2.x module paths
-        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct  # protocols 0-4
-        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # protocol 5
+        allowed[(f"{core}.multiarray", "_reconstruct")] = bounded_reconstruct  # protocols 0-4
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer  # protocol 5: a view of bytes already read
     return allowed
 
 
@@ -91,7 +115,8 @@ def _field(batch: dict[Any, Any], key: str, name: str) -> Any:
     for k in (key, key.encode()):
         if k in batch:
             return batch[k]
-    raise DataError(f"{name}: the batch has no {key!r} entry (keys: {sorted(map(str, batch))})")
+    keys = sorted(str(k)[:40] for k in batch)
+    raise DataError(f"{name}: the batch has no {key!r} entry (keys: {keys[:10]}{' …' if len(keys) > 10 else ''})")
 
 
 def parse_batch(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +127,8 @@ def parse_batch(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{name}: 'data' must be a uint8 array (N, 3072), got {got}")
+    if isinstance(labels, (list, tuple, np.ndarray)) and len(labels) != len(data):  # before copying them
+        raise DataError(f"{name}: 'labels' must be {len(data)} integers in 0..9, got {len(labels)}")
     try:
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as e:
@@ -111,29 +138,86 @@ def parse_batch(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
+def _too_big(name: str, size: int) -> DataError:
+    return DataError(f"{name}: {size} bytes, more than a CIFAR-10 batch can be (at most {MAX_MEMBER_BYTES}, "
+                     "ddpm.data.cifar10.MAX_MEMBER_BYTES)")
+
+
+def _read_at_most(f: Any, limit: int) -> bytes:
+    """Up to ``limit`` bytes, read in 1 MiB pieces (``f.read(limit)`` would allocate all ``limit`` at once)."""
+    parts, total = [], 0
+    while total < limit and (part := f.read(min(1 << 20, limit - total))):
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
 def _read_folder(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     out = {}
     for n in names:
         p = folder / n
         if not p.is_file():
             raise DataError(f"{p}: missing CIFAR-10 batch")
-        out[str(p)] = p.read_bytes()
+        with open(p, "rb") as f:
+            data = _read_at_most(f, MAX_MEMBER_BYTES + 1)
+        if len(data) > MAX_MEMBER_BYTES:
+            raise _too_big(str(p), p.stat().st_size)
+        out[str(p)] = data
     return out
 
 
+class _Bounded(io.RawIOBase):
+    """A read-only stream that refuses to give more than ``limit`` bytes in all (decompression included)."""
+
+    def __init__(self, inner: Any, limit: int, name: str) -> None:
+        self.inner, self.left, self.name = inner, limit, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.left <= 0:
+            raise DataError(f"{self.name}: unpacks to more than {MAX_ARCHIVE_BYTES} bytes, far more than CIFAR-10 "
+                            "(a decompression bomb?); ddpm.data.cifar10.MAX_ARCHIVE_BYTES")
+        view = memoryview(buf)[: self.left]
+        n = self.inner.readinto(view)
+        self.left -= n
+        return n
+
+
+def _decompressed(raw: Any) -> Any:
+    """The tar stream inside a file that may be gzip, bzip2 or xz compressed (or not at all)."""
+    magic = raw.peek(6)[:6]
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw)
+    if magic[:3] == b"BZh":
+        return bz2.BZ2File(raw)
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(raw)
+    return raw
+
+
 def _read_archive(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
-    """The named batches' bytes, read from the tar without extracting anything to disk."""
+    """The named batches' bytes, read from the tar without extracting anything to disk.
+
+    The tar is read as a stream through ``_Bounded``: however its headers lie (a GNU long name or pax header of
+    terabytes, a member of 10 GB of zeros), at most MAX_ARCHIVE_BYTES are decompressed and held.
+    """
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with open(archive, "rb") as raw, _decompressed(raw) as inner, \
+                tarfile.open(fileobj=io.BufferedReader(_Bounded(inner, MAX_ARCHIVE_BYTES, str(archive))),
+                             mode="r|") as tar:
             for member in tar:
                 base = PurePosixPath(member.name).name
                 if member.isfile() and base in names and base not in found:
+                    if member.size > MAX_MEMBER_BYTES:  # declared in its header: refused before reading it
+                        raise _too_big(f"{archive}:{member.name}", member.size)
                     f = tar.extractfile(member)
-                    found[base] = f.read() if f is not None else b""
+                    found[base] = f.read(MAX_MEMBER_BYTES + 1) if f is not None else b""
                     if len(found) == len(names):
                         break
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         raise DataError(f"{archive}: damaged CIFAR-10 archive ({type(e).__name__}: {e})") from e
     missing = [n for n in names if n not in found]
     if missing:

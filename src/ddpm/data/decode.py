@@ -28,9 +28,20 @@ CONVERTIBLE_MODES = frozenset(
 )
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
+# PIL only warns above its Image.MAX_IMAGE_PIXELS (this value) and refuses above twice it; here it is the limit:
+# the size comes from the header, so a small file claiming 10⁵ × 10⁵ pixels (a decompression bomb) is refused
+# before a pixel is decoded. 89 M pixels is a 9,459² photo, ~256 MiB as RGB.
+MAX_IMAGE_PIXELS = 89_478_485
+
 
 def _open(src: ImageSource) -> Image.Image:
     return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name}: {width}×{height} pixels, more than the {MAX_IMAGE_PIXELS} an image may have "
+                        "(a decompression bomb?); ddpm.data.decode.MAX_IMAGE_PIXELS")
 
 
 def _check_mode(mode: str, name: str) -> None:
@@ -50,10 +61,13 @@ def check_image(src: ImageSource, name: str, image_size: int, check: Check = "he
     try:
         with _open(src) as img:
             mode, (width, height) = img.mode, img.size
+            _check_pixels(width, height, name)  # on the header, before anything is decoded
             if check == "decode":
                 img.load()
             else:
                 img.verify()
+    except DataError:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
     _check_mode(mode, name)
@@ -74,8 +88,11 @@ def decode_image(src: ImageSource, name: str, image_size: int, channels: int) ->
     """One image as uint8 (channels, image_size, image_size): EXIF-rotated, converted, cropped, resized."""
     try:
         with _open(src) as img:
+            _check_pixels(*img.size, name)
             img.load()
             img = ImageOps.exif_transpose(img)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
     _check_mode(img.mode, name)

@@ -30,6 +30,10 @@ def _import_lmdb() -> Any:
     return lmdb
 
 
+# An LSUN image is a webp of ~30 KB; a value far larger is no image this dataset holds, and is refused before it
+# is copied out of the memory map (the pixel count is bounded separately, on the image header: decode.py).
+MAX_VALUE_BYTES = 64 << 20
+
 _ENVS: dict[str, tuple[int, Any]] = {}  # resolved path -> (pid, environment): one per file per process
 
 
@@ -106,11 +110,14 @@ class LMDBImageDataset(EncodedImageDataset):
 
     def _value(self, i: int) -> bytes:
         key = self.key(i)
-        with open_env(self.path).begin(write=False) as txn:
+        with open_env(self.path).begin(write=False, buffers=True) as txn:  # a view into the map: no copy yet
             value = txn.get(key)
-        if value is None:
-            raise DataError(f"{self.path}: key {key!r} has no value")
-        return bytes(value)
+            if value is None:
+                raise DataError(f"{self.path}: key {key!r} has no value")
+            if len(value) > MAX_VALUE_BYTES:
+                raise DataError(f"{self.path}[key {key!r}]: a value of {len(value)} bytes, more than an encoded image "
+                                f"may be (at most {MAX_VALUE_BYTES}, ddpm.data.lsun.MAX_VALUE_BYTES)")
+            return bytes(value)
 
     def source_of(self, i: int) -> ImageSource:
         """The encoded bytes of item ``i``."""

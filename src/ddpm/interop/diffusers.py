@@ -18,8 +18,10 @@ GroupNorm ε = 1e-6, TensorFlow-style stride-2 downsampling (``downsample_paddin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,8 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm.checkpoint import CheckpointError, safe_torch_load, save_safetensors
-from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
+from ddpm.config import MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig
+from ddpm.loading import tensor_budget
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
 
@@ -51,6 +54,14 @@ __all__ = [
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 EXTRA_NAME = "ddpm.json"  # our options diffusers has no field for
+
+# Bounds on the unet config fields that size the network (issue 13), checked before anything is built: the
+# google/ddpm-* models have 4-6 levels of 128-512 channels, 2 layers per block, 32-256 px. Widths need no bound
+# of their own: the network is built on the meta device and compared with the weight file before loading.
+MAX_SAMPLE_SIZE = MAX_IMAGE_SIZE
+MAX_LEVELS = 16
+MAX_LAYERS_PER_BLOCK = 64
+MAX_WIDTH = 1 << 16
 
 
 class DiffusersFormatError(CheckpointError):
@@ -148,9 +159,15 @@ def diffusers_to_ours_key(key: str, num_levels: int) -> str | None:
     return None
 
 
-def _expected_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
-    """Our parameter names and shapes for ``cfg``, from a model on the meta device (no memory, no init)."""
-    with torch.device("meta"):
+def _expected_shapes(cfg: UNetConfig, held: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Our parameter names and shapes for ``cfg``, from a model on the meta device (no memory, no init).
+
+    With ``held`` (the tensors a weight file holds) the build stops once it has made far more than that.
+    """
+    with contextlib.ExitStack() as stack:
+        if held is not None:
+            stack.enter_context(tensor_budget(2 * held + 64, "the diffusers weights", held, DiffusersFormatError))
+        stack.enter_context(torch.device("meta"))
         net = UNet(cfg)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
@@ -178,7 +195,10 @@ def _check_state_dict(
 
 
 def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) -> dict[str, Tensor]:
-    """A diffusers ``UNet2DModel`` state dict → ours, checked against ``cfg`` (every problem listed)."""
+    """A diffusers ``UNet2DModel`` state dict → ours, checked against ``cfg`` (every problem listed).
+
+    The tensors may be on the meta device (shapes read from a file's header): nothing is read or copied.
+    """
     levels = len(cfg.channel_mults)
     ours: dict[str, Tensor] = {}
     unmapped: list[str] = []
@@ -190,7 +210,8 @@ def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) ->
             unmapped.append(f"{key} (a second copy of {name})")
         else:
             ours[name] = value
-    _check_state_dict(ours, _expected_shapes(cfg), "the diffusers state dict (in our names)", unmapped)
+    _check_state_dict(ours, _expected_shapes(cfg, len(state_dict)), "the diffusers state dict (in our names)",
+                      unmapped)
     return ours
 
 
@@ -282,13 +303,21 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or size[0] != size[1]:
-            raise DiffusersFormatError(f"unet config sample_size={size!r}: only square images are supported")
+            raise DiffusersFormatError(f"unet config sample_size={_short(size)}: only square images are supported")
         size = size[0]
-    if not isinstance(size, int) or size < 1:
-        raise DiffusersFormatError(f"unet config sample_size={size!r}; expected a positive int")
-
-    widths = list(c["block_out_channels"])
-    base = widths[0] if widths else 0
+    size = _int_field("sample_size", size, 1, MAX_SAMPLE_SIZE)
+    raw = c["block_out_channels"]
+    if not isinstance(raw, (list, tuple)) or not 1 <= len(raw) <= MAX_LEVELS:
+        raise DiffusersFormatError(f"unet config block_out_channels={_short(raw)}; expected a list of "
+                                   f"1..{MAX_LEVELS} widths")
+    widths = [_int_field("block_out_channels", w, 1, MAX_WIDTH) for w in raw]
+    for name, lo, hi in (("layers_per_block", 1, MAX_LAYERS_PER_BLOCK), ("norm_num_groups", 1, MAX_WIDTH),
+                         ("in_channels", 1, MAX_WIDTH), ("out_channels", 1, MAX_WIDTH)):
+        _int_field(name, c[name], lo, hi)
+    for name in ("down_block_types", "up_block_types"):
+        if not isinstance(c[name], (list, tuple)):
+            raise DiffusersFormatError(f"unet config {name}={_short(c[name])}; expected a list of block types")
+    base = widths[0]
     if not widths or any(w % base for w in widths):
         raise DiffusersFormatError(f"unet config block_out_channels={widths!r}: expected multiples of the first width")
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
@@ -344,6 +373,21 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
         )
     except (TypeError, ValueError) as e:
         raise DiffusersFormatError(f"unet config could not be converted: {e}") from None
+
+
+def _int_field(name: str, value: Any, lo: int, hi: int) -> int:
+    """A config field that must be an integer in lo..hi (it sizes the network), else a DiffusersFormatError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise DiffusersFormatError(f"unet config {name}={_short(value)}; expected an integer in {lo}..{hi}")
+    return int(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr cut short, so that a crafted config's value still makes one short line."""
+    if isinstance(value, int) and abs(value) >= 10**50:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
@@ -412,13 +456,19 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     """A ``DDPMScheduler`` scheduler_config.json (+ our ``ddpm.json`` extras) → DiffusionConfig."""
     c = {**_SCHEDULER_DEFAULTS, **config}
     T = c["num_train_timesteps"]
-    if not isinstance(T, int) or T < 1:
-        raise DiffusersFormatError(f"scheduler config num_train_timesteps={T!r}; expected a positive int")
-    schedule = _SCHEDULES.get(c["beta_schedule"])
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
+        raise DiffusersFormatError(f"scheduler config num_train_timesteps={_short(T)}; expected an integer in "
+                                   f"1..{MAX_T}")
+    for name in ("beta_start", "beta_end"):
+        if isinstance(c[name], bool) or not isinstance(c[name], (int, float)):
+            raise DiffusersFormatError(f"scheduler config {name}={_short(c[name])}; expected a number")
+    schedule = _SCHEDULES.get(c["beta_schedule"]) if isinstance(c["beta_schedule"], str) else None
     beta_start, beta_end = float(c["beta_start"]), float(c["beta_end"])
     if c["trained_betas"] is not None:
-        betas = list(c["trained_betas"])
-        if len(betas) != T or len(set(betas)) != 1:
+        betas = c["trained_betas"]
+        numbers_only = isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                       for b in betas)
+        if not numbers_only or len(betas) != T or len(set(betas)) != 1:
             raise DiffusersFormatError(
                 "scheduler config trained_betas is not supported (only a constant list of "
                 f"num_train_timesteps={T} values, our 'constant' schedule)"
@@ -429,12 +479,12 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
             f"scheduler config beta_schedule={c['beta_schedule']!r} is not supported; expected one of "
             f"{sorted(_SCHEDULES)}"
         )
-    if c["variance_type"] not in _VARIANCES:
+    if not isinstance(c["variance_type"], str) or c["variance_type"] not in _VARIANCES:
         raise DiffusersFormatError(
             f"scheduler config variance_type={c['variance_type']!r} is not supported; expected one of "
             f"{sorted(_VARIANCES)}"
         )
-    if c["prediction_type"] not in _PREDICTIONS:
+    if not isinstance(c["prediction_type"], str) or c["prediction_type"] not in _PREDICTIONS:
         raise DiffusersFormatError(
             f"scheduler config prediction_type={c['prediction_type']!r} is not supported; expected one of "
             f"{sorted(_PREDICTIONS)}"
@@ -446,7 +496,10 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     learned = var_type in ("learned", "learned_range")
     # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
     options: dict[str, Any] = {"loss_type": "hybrid" if learned else "simple"}
-    options.update((extra or {}).get("diffusion", {}))
+    ours = (extra or {}).get("diffusion", {})
+    if not isinstance(ours, dict):
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'diffusion' must be an object of options, got {_short(ours)}")
+    options.update(ours)
     allowed = {"loss_type", "hybrid_lambda", "levels"}
     if set(options) - allowed:
         raise DiffusersFormatError(f"{EXTRA_NAME} has unknown diffusion options {sorted(set(options) - allowed)}")
@@ -494,10 +547,7 @@ def diffusion_config_to_scheduler(cfg: DiffusionConfig) -> tuple[dict[str, Any],
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DiffusersFormatError(f"{path} is not valid JSON: {e}") from None
+    obj = read_json(path, DiffusersFormatError)  # at most 16 MiB, nested at most 64 deep
     if not isinstance(obj, dict):
         raise DiffusersFormatError(f"{path} holds a JSON {type(obj).__name__}; expected an object")
     return obj
@@ -518,7 +568,6 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
     model_cfg = unet_config_from_diffusers(_read_json(_first_existing([unet_dir / "config.json"], "unet config")))
     weights = _first_existing([unet_dir / n for n in WEIGHT_NAMES], "unet weights")
-    state = safe_torch_load(weights)  # safetensors, or torch.load(weights_only=True) for .bin
     sched_path = _first_existing(
         [root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"], "scheduler config"
     )
@@ -529,6 +578,16 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
             f"{sched_path} has a {'learned' if diffusion.learn_sigma else 'fixed'} variance but the unet has "
             f"{model_cfg.out_channels} output channels for {model_cfg.in_channels} input channels"
         )
+    # every name and shape is checked against the config before a tensor is read (issue 13)
+    if weights.suffix == ".safetensors":
+        header = read_safetensors_header(weights)
+        state_dict_from_diffusers({k: torch.empty(shape, device="meta") for k, (_, shape) in header.items()},
+                                  model_cfg)
+        state = safe_torch_load(weights)
+    else:  # a pickle has no header to read first: its zip records may unpack to no more than the config needs
+        expected = _expected_shapes(model_cfg)
+        numel = sum(math.prod(shape) for shape in expected.values())
+        state = safe_torch_load(weights, max_bytes=8 * numel + 1024 * len(expected) + (1 << 20))  # float64 at most
     return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg))
 
 
