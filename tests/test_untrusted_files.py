@@ -143,7 +143,8 @@ def test_a_valid_checkpoint_still_loads_exactly(tiny: Path) -> None:
     ({"model__image_size": 2**20, "data__image_size": 2**20, "model__attn_resolutions": [2**19]},
      r"meta\.json: model\.image_size must be at most 4096, got 1048576"),
     ({"diffusion__levels": 10**9}, r"meta\.json: diffusion\.levels must be at most 256"),
-])
+], ids=["base_channels_1024", "base_channels_1e6", "num_res_blocks_1e7", "num_res_blocks_20", "T_1e9",
+        "image_size_2e20", "levels_1e9"])
 def test_a_config_asking_for_more_than_the_files_hold_is_refused_before_allocating(
         tiny: Path, tmp_path: Path, fields: dict, message: str) -> None:
     path = _set_config(_copy(tiny, tmp_path / "c"), **fields)
@@ -241,7 +242,7 @@ def test_an_untouched_file_decodes(coded: tuple) -> None:
     assert decompress(model, _crafted(data)).images.shape == (3, 1, 8, 8)
 
 
-@pytest.mark.parametrize(("fields", "message"), [
+HEADER_CASES = [
     ({"batch": 0}, "header field batch=0; expected 1..4096"),  # decoded forever before
     ({"batch": 5000}, "header field batch=5000; expected 1..4096"),
     ({"threads": 0}, "header field threads=0; expected 1..1024"),
@@ -265,7 +266,11 @@ def test_an_untouched_file_decodes(coded: tuple) -> None:
                                    r"one of \[\d+, "),
     ({"initial_words": 7, "trimmed_words": 0}, "header field initial_words=7"),
     ({"trimmed_words": 2**32 - 1}, "header field trimmed_words=4294967295, more than its initial_words"),
-])
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), HEADER_CASES,
+                         ids=["-".join(f"{k}={v}" for k, v in f.items()) for f, _ in HEADER_CASES])
 def test_every_header_field_is_checked_before_decoding(coded: tuple, fields: dict, message: str) -> None:
     model, data = coded
     crafted = _crafted(data, **fields)
@@ -450,7 +455,7 @@ def test_a_valid_pipeline_still_imports(pipeline: Path) -> None:
     ({"block_out_channels": [16] * 100}, r"unet config block_out_channels=\[16, .*…; expected a list of 1\.\.16"),
     ({"block_out_channels": [16, 2**40]}, r"unet config block_out_channels=1099511627776; expected an integer"),
     ({"norm_num_groups": 0}, r"unet config norm_num_groups=0"),
-])
+], ids=["sample_size_1e6", "sample_size_str", "layers_per_block_1e6", "100_levels", "width_2e40", "groups_0"])
 def test_unet_fields_that_size_the_network_are_bounded(pipeline: Path, fields: dict, message: str) -> None:
     _set_unet(pipeline, **fields)
     with bounded(32 * MiB), pytest.raises(DiffusersFormatError, match=message):
