@@ -216,7 +216,9 @@ def test_direct_construction_and_json_are_checked_as_well():
     (lambda: SamplerSpec(eta=math.nan), "--eta must be a finite number >= 0, got nan"),
     (lambda: SamplerSpec(eta=-1.0), "--eta must be >= 0"),
     (lambda: SamplerSpec(steps=0), "--steps must be >= 1"),
-    (lambda: SamplerSpec(sampler="euler"), "--sampler must be 'ancestral' or 'ddim'"),  # type: ignore[arg-type]
+    (lambda: SamplerSpec(sampler="euler"), "--sampler must be one of ancestral, ddim, dpm++2m"),
+    (lambda: SamplerSpec(sampler="dpm++2m", eta=0.5), "--eta applies to ddim only"),
+    (lambda: SamplerSpec(spacing="cubic"), "--spacing must be one of uniform, quadratic, logsnr"),  # type: ignore
     (lambda: SampleOptions(n=0), "--n must be >= 1"),
     (lambda: SampleOptions(grid=0), "--grid must be >= 1"),
     (lambda: ProgressiveOptions(at=()), "--at needs at least one value"),

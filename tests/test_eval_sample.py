@@ -69,3 +69,15 @@ def test_two_processes_equal_one(ckpt, tmp_path):
         _same(a["images"], b["images"])
     assert json.loads((two / "samples.json").read_text())["world_size"] == 2
     assert open_png(two / "samples.png").size == open_png(one / "samples.png").size
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m", "sde-dpm++2m"])
+def test_every_registered_sampler_runs_from_the_command_line(ckpt, tmp_path, capsys, sampler):
+    out = tmp_path / sampler
+    assert main(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--n", "3", "--sampler", sampler,
+                 "--steps", "6", "--spacing", "logsnr", "--no-progress"]) == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert (info["sampler"], info["steps"], info["spacing"]) == (sampler, 6, "logsnr")
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+    assert sampler in capsys.readouterr().out

@@ -11,6 +11,8 @@ import argparse
 import sys
 
 from ..evaluation.common import CommonOptions, DataChoice
+from ..sampling import SAMPLER_NAMES, sampler_help
+from ..schedules import SPACINGS
 from .types import finite_float, int_list
 
 # Values are checked by the options dataclasses (ddpm.evaluation), each refusal naming the option as spelled
@@ -124,16 +126,22 @@ def run_rate_distortion_cmd(args: argparse.Namespace) -> int:
 # --- sample --------------------------------------------------------------------------------------
 
 def register_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="draw samples (Algorithm 2, respaced or DDIM) into an .npz and a grid",
-                       description="N samples; sample i is seeded by (seed, i), so the images do not depend on "
-                                   "--batch-size or the number of processes. Writes <name>.npz (key 'images', "
-                                   "uint8 NHWC on 0..255), <name>.png and <name>.json.", epilog=_AFTER)
+    p = sub.add_parser("sample", help="draw samples (Algorithm 2, DDIM, DPM-Solver++) into an .npz and a grid",
+                       description="N samples; sample i is seeded by (seed, i), so the images do not depend on\n"
+                                   "--batch-size or the number of processes. Writes <name>.npz (key 'images',\n"
+                                   "uint8 NHWC on 0..255), <name>.png and <name>.json.\n\nSamplers (--sampler):\n"
+                                   + sampler_help(), epilog=_AFTER,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default 64); spell it --num-samples under torchrun, whose own "
                         "parser finds --n ambiguous")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral", help="default: ancestral")
-    p.add_argument("--steps", type=int, help="reverse steps (default: all T; fewer: evenly respaced)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ancestral",
+                   help="one of the samplers above (default: ancestral)")
+    p.add_argument("--steps", type=int, help="reverse steps (default: all T; fewer: respaced by --spacing)")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
+                   help="which of the T steps a shorter chain uses: uniform (default), quadratic (denser near "
+                        "t = 1) or logsnr (uniform in log-SNR)")
     p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM η >= 0 (default 0: deterministic)")
     p.add_argument("--grid", type=int, default=100, help="samples shown in the PNG (default 100)")
     p.add_argument("--name", default="samples", help="file stem (default: samples)")
@@ -144,7 +152,7 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
 def run_sample_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.samples import SampleOptions, SamplerSpec, run_sample
 
-    spec = SamplerSpec(args.sampler, args.steps, args.eta, not args.no_clip)
+    spec = SamplerSpec(args.sampler, args.steps, args.eta, not args.no_clip, args.spacing)
     r = run_sample(common_options(args), SampleOptions(args.n, spec, args.grid, args.name))
     if r is not None:
         print(f"{r.n} samples ({r.sampler}, {r.steps} steps) in {r.seconds:.1f} s ({r.img_per_s:.2f} img/s, "

@@ -22,7 +22,8 @@ from ..config import ConfigError, RunConfig, check_float, check_int, check_seed,
 from ..diffusion import GaussianDiffusion, Model
 from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
 from ..processes import check_device, leave_processes
-from ..sampling import SamplerName, sample, sample_generators
+from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample, sample_generators
+from ..schedules import SPACINGS, Spacing
 from .common import (
     CommonOptions,
     DataChoice,
@@ -45,17 +46,22 @@ from .parallel import gather_to_main, join_evaluation, shard
 class SamplerSpec:
     """Which reverse process draws the samples."""
 
-    sampler: SamplerName = "ancestral"   # Algorithm 2, or DDIM (Song et al. 2021)
-    steps: int | None = None             # None: all T steps; fewer: evenly respaced steps
+    sampler: SamplerName = "ancestral"   # a name of ddpm.sampling.SAMPLERS (Algorithm 2 by default)
+    steps: int | None = None             # None: all T steps; fewer: respaced by ``spacing``
     eta: float = 0.0                     # DDIM's η (0: deterministic)
     clip_denoised: bool = True           # clip x̂₀ to [-1, 1] at every step
+    spacing: Spacing = "uniform"         # which ``steps`` of the T (schedules.spaced_steps)
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("ancestral", "ddim"):
-            raise ConfigError(f"--sampler must be 'ancestral' or 'ddim', got {shown(self.sampler)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, got {shown(self.sampler)}")
+        if self.spacing not in SPACINGS:
+            raise ConfigError(f"--spacing must be one of {', '.join(SPACINGS)}, got {shown(self.spacing)}")
         if self.steps is not None:
             check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_sample)
         check_float("--eta", self.eta, 0.0)  # NaN would pass `eta < 0` and poison every sample
+        if self.eta and not SAMPLERS[self.sampler].takes_eta:
+            raise ConfigError(f"--eta applies to ddim only, not to --sampler {self.sampler}")
 
     def n_steps(self, T: int) -> int:
         """Network calls per sample."""
@@ -67,7 +73,7 @@ def sample_batch(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, .
     """Samples first_index .. first_index + count − 1 (each seeded by its index), in [-1, 1]."""
     gens = sample_generators(seed, first_index, count)
     return sample(model, diffusion, (count, *shape), gens, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
-                  device)
+                  device, spacing=spec.spacing)
 
 
 def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
@@ -114,6 +120,7 @@ class SampleResult:
     sampler: str
     steps: int
     eta: float
+    spacing: str
     seconds: float
     img_per_s: float
     world_size: int
@@ -153,7 +160,8 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
     else:
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
-    result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, seconds,
+    result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, spec.spacing,
+                          seconds,
                           len(samples) / seconds if seconds > 0 else math.nan, world_size)
     write_json(out / f"{name}.json", result)
     return result
