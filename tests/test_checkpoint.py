@@ -34,6 +34,7 @@ from ddpm.checkpoint import (
     save_model,
 )
 from ddpm.config import RunConfig, preset
+from ddpm.outputs import OutputError
 
 WRITER = Path(__file__).with_name("_ckpt_writer.py")
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -212,7 +213,10 @@ def test_save_model_writes_a_model_only_checkpoint(tmp_path: Path) -> None:
     assert (loaded.step, loaded.ema, loaded.optimizer, loaded.tensors) == (0, None, None, {})
     assert loaded.config == cfg
     assert_same(state, loaded.model)
-    save_model(out, cfg, {"w": torch.ones(1)})  # replacing it works too
+    with pytest.raises(OutputError, match="--overwrite"):  # an existing checkpoint is replaced only when asked
+        save_model(out, cfg, {"w": torch.ones(1)})
+    assert_same(state, load_checkpoint(out).model)
+    save_model(out, cfg, {"w": torch.ones(1)}, overwrite=True)
     assert list(load_checkpoint(out).model) == ["w"]
     assert [p.name for p in tmp_path.iterdir()] == ["converted"]
 

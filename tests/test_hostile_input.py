@@ -463,3 +463,18 @@ def test_a_read_only_out_is_one_line(ckpt, tmp_path, capsys):
             assert "Read-only file system" in line and str(mnt) in line
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_resuming_a_crafted_checkpoint_with_mis_shaped_weights_is_one_line(trained_run, tmp_path, capsys):
+    from ddpm.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(trained_run)
+    name = next(iter(ckpt.model))
+    ckpt.model[name] = torch.zeros(3)  # hashes are recomputed on save: only the shape gives it away
+    run = tmp_path / "run"
+    save_checkpoint(run, ckpt)
+    (run / "config.json").write_text((trained_run / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--total_steps", "6", "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert "do not fit" in line and name in line

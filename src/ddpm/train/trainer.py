@@ -38,6 +38,7 @@ from ..config import ConfigError, RunConfig
 from ..data import build_dataset, random_flip
 from ..diffusion import GaussianDiffusion, randn
 from ..images import save_grid
+from ..loading import shape_problems
 from ..nets import build_model
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
 from ..processes import ProcessGroup, barrier, device_for
@@ -215,6 +216,14 @@ class Trainer:
                               f"({first_damage})")
 
     def _restore(self, ckpt: Checkpoint) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.net.state_dict().items()}
+        for what, state in (("model", ckpt.model), ("ema", ckpt.ema)):
+            if state is None:
+                continue
+            problems = shape_problems(expected, {k: tuple(v.shape) for k, v in state.items()})
+            if problems:  # a crafted or foreign checkpoint: say so instead of torch's page of RuntimeError
+                raise CheckpointError(f"the {what} weights of the checkpoint in {self.run_dir} do not fit the "
+                                      f"network its config describes: {problems}")
         self.net.load_state_dict(ckpt.model)
         if ckpt.ema is not None:
             self.ema.load_state_dict(ckpt.ema)
