@@ -9,6 +9,7 @@ from PIL import Image
 
 from _eval_tiny import make_checkpoint, one_thread  # noqa: F401  (fixture)
 from ddpm.compression import CodecOptions, CompressionError, compress, decompress, model_hash
+from ddpm.compression import codec as codec_module
 from ddpm.compression.chain import ChainCode, decode_chain, encode_chain, latent_grid
 from ddpm.compression.codec import batch_plan
 from ddpm.compression.files import read_images, write_images
@@ -172,6 +173,12 @@ def test_compress_then_decompress_is_exact(tmp_path, steps, var_type):
     d = decompress(model, c.data, previews=3)
     assert np.array_equal(d.images, images)
     assert len(d.previews) == 3 and all(p.shape == (11, 1, 8, 8) for p in d.previews.values())
+    codec_module.PREVIEW_IMAGES = 4  # previews keep only the first PREVIEW_IMAGES images: memory stays bounded
+    try:
+        few = decompress(model, c.data, previews=3).previews
+    finally:
+        codec_module.PREVIEW_IMAGES = 100
+    assert all(few[t].shape == (4, 1, 8, 8) and np.array_equal(few[t], d.previews[t][:4]) for t in d.previews)
     assert c.initial_bits_per_dim < c.payload_bits_per_dim
 
 

@@ -85,7 +85,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     with OutputDir(args.out, "decompress", overwrite=args.overwrite) as out:
         write_images(out, result.images, result.header.levels)
         for t, x0 in result.previews.items():
-            save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0[:100]))
+            save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0))  # the first PREVIEW_IMAGES
     extra = f", {len(result.previews)} x̂₀ previews in {out / 'previews'}" if result.previews else ""
     print(f"decompressed {len(result.images)} images in {result.seconds:.1f} s -> {out}{extra}")
     return 0

@@ -28,11 +28,12 @@ from ..config import ConfigError, check_int
 from ..loading import LoadedModel
 from ..schedules import spaced_steps
 from .chain import ChainCode, decode_chain, encode_chain, latent_grid
-from .container import BITS_PER_IMAGE, MAX_THREADS, Header, pack, unpack
+from .container import BITS_PER_IMAGE, GRID_LOG2_RANGE, MAX_BATCH, MAX_THREADS, WINDOW_RANGE, Header, pack, unpack
 from .errors import CompressionError
 from .stack import Stack
 
 _INITIAL_SEED = 0x0DD9
+PREVIEW_IMAGES = 100  # x̂₀ previews keep the first 100 images (one grid)
 _MARGIN_WORDS = 2  # words kept below the lowest point the coder reached
 _MAX_GROWTH = 4  # the seeded words grow ×4 at most this many times (×256 in all): a decoder checks the count
 
@@ -50,9 +51,9 @@ class CodecOptions:
     def __post_init__(self) -> None:
         # named as `ddpm compress` spells them (and as fields, where they differ); the ranges are what the
         # file's header records. steps=0 used to mean "all T" (`0 or T`): refused, as is anything < 1.
-        checks = [("--steps", self.steps, 1, None), ("--batch-size (batch_size)", self.batch_size, 1, 4096),
-                  ("--grid-log2 (grid_log2)", self.grid_log2, -8, 4),  # δ_t of 1/256 to 16 std
-                  ("--window", self.window, 1, 255)]                  # standard deviations
+        checks = [("--steps", self.steps, 1, None), ("--batch-size (batch_size)", self.batch_size, 1, MAX_BATCH),
+                  ("--grid-log2 (grid_log2)", self.grid_log2, *GRID_LOG2_RANGE),
+                  ("--window", self.window, *WINDOW_RANGE)]
         try:
             for name, value, lo, hi in checks:
                 if value is not None or name != "--steps":  # steps <= T once the model is known (compress)
@@ -96,7 +97,8 @@ class Decompressed:
     images: np.ndarray                     # (N, C, H, W) uint8 levels 0..L−1
     header: Header
     seconds: float
-    previews: dict[int, np.ndarray] = field(default_factory=dict)  # t (of the full chain) -> x̂₀ (N, C, H, W)
+    previews: dict[int, np.ndarray] = field(default_factory=dict)  # t (full chain) -> x̂₀ of the first
+                                                                    # PREVIEW_IMAGES images (n, C, H, W)
 
 
 def model_hash(model: LoadedModel) -> bytes:
@@ -121,12 +123,8 @@ def image_shape(model: LoadedModel) -> tuple[int, int, int]:
 
 def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool) -> ChainCode:
     """The chain both sides code with: the model's T steps, or ``steps`` of them evenly respaced."""
-    diffusion = model.diffusion
-    diffusion = diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
-    if not 1 <= window <= 255:
-        raise CompressionError(f"window must be 1..255 standard deviations, got {window}")
-    if not -8 <= grid_log2 <= 4:
-        raise CompressionError(f"grid_log2 must be in -8..4 (δ_t of 1/256 to 16 std), got {grid_log2}")
+    # window and grid_log2 were checked by CodecOptions (sender) or container.check_header (receiver)
+    diffusion = model.diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
     return ChainCode(diffusion, latent_grid(diffusion.schedule, 2.0**grid_log2), float(window), clip_denoised)
 
 
@@ -244,7 +242,8 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
                                "it was compressed with")
     code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised)
     preview_ts = set(spaced_steps(code.T, min(previews, code.T))) if previews > 0 else set()
-    shots: dict[int, np.ndarray] = {t: np.zeros((header.count, *shape), np.float32) for t in preview_ts}
+    shown = min(header.count, PREVIEW_IMAGES)  # previews are grids of at most this many: memory stays bounded
+    shots: dict[int, np.ndarray] = {t: np.zeros((shown, *shape), np.float32) for t in preview_ts}
     out = np.zeros((header.count, *shape), dtype=np.uint8)
     plan = batch_plan(header.count, header.batch)
     try:
@@ -261,8 +260,8 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
             for start, n in reversed(plan):  # a stack: the last batch pushed comes off first
                 def on_step(t: int, pred_x0: torch.Tensor, start: int = start, n: int = n) -> None:
                     bar.update(1)
-                    if t in shots:
-                        shots[t][start:start + n] = pred_x0.float().numpy()
+                    if t in shots and start < shown:
+                        shots[t][start:min(start + n, shown)] = pred_x0[:shown - start].float().numpy()
 
                 out[start:start + n] = decode_chain(stack, model, code, (n, *shape), on_step)
     except (CompressionError, ValueError, OverflowError) as e:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import inspect_checkpoint
 from ..config import ConfigError, RunConfig, check_float, check_int, check_seed, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
@@ -253,8 +253,8 @@ def run_fid(options: FidOptions) -> FidReport | None:
 
 
 def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:
-    """The run config saved in a checkpoint (no network is built)."""
-    return None if checkpoint is None else RunConfig.from_dict(load_checkpoint(checkpoint).config)
+    """The run config saved in a checkpoint (read from meta.json alone: no tensor is loaded)."""
+    return None if checkpoint is None else RunConfig.from_dict(inspect_checkpoint(checkpoint).config)
 
 
 def _digits_report(out: Path, images: np.ndarray, options: FidOptions) -> FidReport:
