@@ -1,0 +1,156 @@
+"""Analytic-DPM (Bao et al. 2022): Γ by Monte Carlo, σ*² minimising each KL term, the K-step bound."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm.config import ConfigError
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.sampling.analytic import (
+    AnalyticDiffusion,
+    analytic_ddim_steps,
+    analytic_ddpm_steps,
+    chain_variances,
+    estimate_gamma,
+    lambda2,
+    mean_coef_x0,
+    optimal_variance,
+    variance_bounds,
+)
+from ddpm.sampling.steps import run
+from ddpm.schedules import Schedule, linear_betas
+
+T = 100
+M, S = 0.3, 0.5  # x_0 ~ N(M, S² I): E[ε|x_t] and hence Γ_t are known in closed form
+D = 4
+
+
+def full() -> GaussianDiffusion:
+    return GaussianDiffusion(Schedule.from_betas(linear_betas(T, 1e-3, 0.2)), var_type="fixed_beta")
+
+
+def exact_eps(d: GaussianDiffusion):
+    """E[ε|x_t] = √β̄_t (x_t − √ᾱ_t M)/(ᾱ_t S² + β̄_t) for Gaussian data: the optimal ε-network."""
+    ab = d.schedule.alpha_bar
+
+    def model(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        a = ab[step].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return (1 - a).sqrt() * (x - a.sqrt() * M) / (a * S**2 + 1 - a)
+
+    return model
+
+
+def gamma_closed_form(d: GaussianDiffusion) -> torch.Tensor:
+    """Γ_t = E‖E[ε|x_t]‖²/d = β̄_t/(ᾱ_t S² + β̄_t)."""
+    ab = d.schedule.alpha_bar
+    return (1 - ab) / (ab * S**2 + 1 - ab)
+
+
+def data(n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [M + S * torch.randn(n, D, generator=g, dtype=torch.float64)]
+
+
+def test_monte_carlo_gamma_converges_to_closed_form_like_one_over_sqrt_n():
+    d = full()
+    steps = [1, 10, 50, 100]
+    exact = gamma_closed_form(d)[torch.tensor(steps) - 1]
+    errs = []
+    for n in (100, 10_000):
+        g, count = estimate_gamma(exact_eps(d), d, data(n), torch.Generator().manual_seed(1), steps)
+        assert count == n
+        errs.append((g[torch.tensor(steps) - 1] - exact).abs().max().item())
+        assert torch.isnan(g[1])  # steps not asked for are not invented
+    assert errs[1] < 0.02
+    # 100× the images: the error falls by about 10× (1/√N); allow generous slack for one draw
+    assert errs[1] < errs[0] / 3, errs
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+@pytest.mark.parametrize("K", [T, 10])
+def test_optimal_variance_minimises_each_kl_term_against_a_brute_force_scan(eta, K):
+    d = full().with_steps(K)
+    s = d.schedule
+    gamma = gamma_closed_form(full())[s.timesteps]
+    a_s, a_t = s.alpha_bar_prev, s.alpha_bar
+    lam2 = lambda2(a_s, a_t, eta)
+    sigma2 = optimal_variance(a_s, a_t, lam2, gamma, data_half_range=None)
+    # the exact posterior of Gaussian data: Var[x_0|x_t] = S² β̄_t/(ᾱ_t S² + β̄_t) per coordinate, so
+    # E‖μ̃_λ(x_t, x_0) − μ̃_λ(x_t, E[x_0|x_t])‖²/d = d_λ² Var[x_0|x_t] — computed through x_0, not through Γ
+    spread = mean_coef_x0(a_s, a_t, lam2) ** 2 * S**2 * (1 - a_t) / (a_t * S**2 + 1 - a_t)
+    for k in range(K):  # k = 0 is t = 1: λ² = 0 there for both families, the decoder term
+        grid = torch.logspace(math.log10(max(lam2[k].item(), 1e-8) / 4) if lam2[k] > 0 else -8, 0, 200_001,
+                              dtype=torch.float64)
+        if lam2[k] > 0:
+            # E KL(N(μ̃, λ²) ‖ N(μ*, σ²)) per coordinate: ½[(λ² + spread)/σ² − 1 + log σ² − log λ²]
+            kl = 0.5 * ((lam2[k] + spread[k]) / grid - 1 + grid.log() - lam2[k].log())
+        else:
+            # λ² = 0 (DDIM, or the decoder at t = 1): the expected negative Gaussian log-density of x_s
+            kl = 0.5 * (spread[k] / grid + grid.log())
+        best = grid[kl.argmin()]
+        assert best == pytest.approx(sigma2[k].item(), rel=2e-4), (k, best, sigma2[k])
+
+
+def test_clipping_keeps_sigma2_within_theorem_2_bounds():
+    s = full().with_steps(10).schedule
+    a_s, a_t = s.alpha_bar_prev, s.alpha_bar
+    lam2 = lambda2(a_s, a_t, 1.0)
+    lo, hi = variance_bounds(a_s, a_t, lam2)
+    assert torch.equal(optimal_variance(a_s, a_t, lam2, torch.full_like(a_t, 2.0)), lo)  # Γ > 1 from noise
+    assert torch.equal(optimal_variance(a_s, a_t, lam2, torch.full_like(a_t, -1.0)), hi)
+    assert (lo <= hi).all()
+
+
+def bound_bpd(d: GaussianDiffusion, model, x0: torch.Tensor) -> float:
+    out = d.bound(model, x0, torch.Generator().manual_seed(3), clip_denoised=False, t_per_batch=10,
+                  decoder="continuous")
+    return out.total_bpd.mean().item()
+
+
+@pytest.mark.parametrize("K", [10, 25])
+def test_analytic_k_step_bound_is_at_most_the_beta_and_beta_tilde_bounds(K):
+    base = full()
+    model = exact_eps(base)
+    x0 = data(4000, seed=5)[0]
+    gamma, _ = estimate_gamma(model, base, data(2000, seed=6), torch.Generator().manual_seed(7))
+    analytic = bound_bpd(AnalyticDiffusion(base, gamma).with_steps(K), model, x0)
+    beta = bound_bpd(base.with_steps(K), model, x0)
+    tilde = bound_bpd(GaussianDiffusion(base.schedule, var_type="fixed_beta_tilde").with_steps(K), model, x0)
+    assert analytic <= beta and analytic <= tilde, (analytic, beta, tilde)
+    assert analytic < min(beta, tilde) - 0.01  # a real improvement, not a tie by noise
+
+
+def test_respacing_keeps_the_estimate_and_recomputes_the_variances():
+    base = full()
+    a = AnalyticDiffusion(base, gamma_closed_form(base))
+    b = a.with_steps(10, "quadratic")
+    assert isinstance(b, AnalyticDiffusion) and b.T == 10
+    assert torch.equal(b.variances, chain_variances(b.schedule, a.gamma))
+    # σ*² of the full chain is below β̃'s upper companion and at least β̃ (λ² = β̃ for Analytic-DDPM)
+    assert (a.variances[1:] >= a.schedule.beta_tilde[1:] * (1 - 1e-12)).all()
+
+
+def test_samplers_run_and_refuse_a_diffusion_without_the_estimate():
+    base = full()
+    model = exact_eps(base)
+    a = AnalyticDiffusion(base, gamma_closed_form(base)).with_steps(10)
+    x_T = torch.randn(3, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for fn in (analytic_ddpm_steps, analytic_ddim_steps):
+        x0 = run(fn(model, a, x_T, torch.Generator().manual_seed(1), False))
+        assert x0.shape == x_T.shape and torch.isfinite(x0).all()
+    with pytest.raises(ConfigError, match=r"^an Analytic-DPM sampler needs the Γ estimate"):
+        next(analytic_ddpm_steps(model, base, x_T))
+
+
+def test_a_gamma_estimate_too_short_or_lacking_steps_is_refused():
+    base = full()
+    with pytest.raises(ConfigError, match=r"^the Γ estimate has 50 steps, the chain reaches step 100"):
+        AnalyticDiffusion(base, torch.zeros(50))
+    partial = torch.full((T,), math.nan, dtype=torch.float64)
+    partial[torch.tensor([0, 99])] = 0.5
+    with pytest.raises(ConfigError, match=r"^the Γ estimate lacks steps \[2, 3"):
+        AnalyticDiffusion(base, partial)
+    assert AnalyticDiffusion(base.with_steps(2), partial).T == 2  # the steps it has are enough for this chain
+    with pytest.raises(ConfigError, match=r"^eta of Analytic-DPM must be a number in \[0, 1\], got 2"):
+        AnalyticDiffusion(base, partial, eta=2)
