@@ -154,3 +154,75 @@ def test_a_gamma_estimate_too_short_or_lacking_steps_is_refused():
     assert AnalyticDiffusion(base.with_steps(2), partial).T == 2  # the steps it has are enough for this chain
     with pytest.raises(ConfigError, match=r"^eta of Analytic-DPM must be a number in \[0, 1\], got 2"):
         AnalyticDiffusion(base, partial, eta=2)
+
+
+# --- the stored estimate beside the checkpoint ---------------------------------------------------------------
+
+def _tiny_model(tmp_path, seed: int = 0, name: str = "ck"):
+    from _eval_tiny import make_checkpoint
+    from ddpm.loading import load_model
+
+    path = make_checkpoint(tmp_path / name, T=5, seed=seed)
+    return path, load_model(path)
+
+
+def _images(n: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 8, 8, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def test_estimate_is_stored_beside_the_checkpoint_reused_and_recomputed_on_request(tmp_path):
+    import json
+
+    from ddpm.evaluation.analytic_variance import analytic_diffusion, analytic_gamma, estimate_paths
+
+    path, model = _tiny_model(tmp_path)
+    gamma = analytic_gamma(path, model, _images(6), n_images=4, batch_size=3)
+    tensors, record = estimate_paths(path, model.weights)
+    assert tensors.parent == path.parent and tensors.is_file()
+    meta = json.loads(record.read_text())
+    assert meta["n_images"] == 4 and meta["T"] == 5 and meta["weights"] == model.weights
+    assert gamma.shape == (5,) and torch.isfinite(gamma).all() and (gamma > 0).all()
+    assert torch.equal(analytic_gamma(path, model, [], n_images=None), gamma)  # reused: no image needed
+    with pytest.raises(ValueError, match=r"was estimated from 4 images, not --n-images 5; add --recompute"):
+        analytic_gamma(path, model, _images(6), n_images=5)
+    again = analytic_gamma(path, model, _images(6), n_images=5, recompute=True)
+    assert json.loads(record.read_text())["n_images"] == 5 and again.shape == (5,)
+    d = analytic_diffusion(model, again).with_steps(3)
+    assert d.T == 3 and torch.isfinite(d.variances).all()
+
+
+def test_another_models_estimate_is_refused(tmp_path):
+    import shutil
+
+    from ddpm.checkpoint import CheckpointError
+    from ddpm.evaluation.analytic_variance import analytic_gamma, estimate_paths, read_estimate
+
+    path, model = _tiny_model(tmp_path)
+    analytic_gamma(path, model, _images(2), n_images=2)
+    other_path, other = _tiny_model(tmp_path, seed=1, name="other")
+    for src, dst in zip(estimate_paths(path, model.weights), estimate_paths(other_path, other.weights)):
+        shutil.copy(src, dst)
+    with pytest.raises(CheckpointError, match=r"other\.analytic-\w+\.json was estimated for another model \(hash "
+                                              r"'[0-9a-f]{32}', this one [0-9a-f]{32}\); run `ddpm analytic-variance "
+                                              r"--recompute`$"):
+        read_estimate(other_path, other)
+    assert analytic_gamma(other_path, other, _images(2), n_images=2, recompute=True).shape == (5,)
+
+
+def test_an_edited_or_half_written_estimate_is_refused(tmp_path):
+    from ddpm.checkpoint import CheckpointError
+    from ddpm.evaluation.analytic_variance import analytic_gamma, estimate_paths, read_estimate
+
+    path, model = _tiny_model(tmp_path)
+    analytic_gamma(path, model, _images(2), n_images=2)
+    tensors, _ = estimate_paths(path, model.weights)
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 1
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"\.safetensors does not match the sha256 in .*\.json \(interrupted "
+                                              r"write or edited file\); run `ddpm analytic-variance --recompute`$"):
+        read_estimate(path, model)
+    tensors.write_bytes(b"\0" * ((1 << 20) + 1))
+    with pytest.raises(CheckpointError, match=r"has 1048577 bytes, more than the 1048576 an estimate holds$"):
+        read_estimate(path, model)

@@ -210,7 +210,11 @@ def test_every_registered_sampler_has_one_signature_and_can_start_from_t_start()
 
     d = GaussianDiffusion(S).with_steps(12)
     x = randn((2, 3), torch.Generator().manual_seed(0))
+    from ddpm.sampling.analytic import AnalyticDiffusion
+
+    plain = d
     for name, info in SAMPLERS.items():
+        d = AnalyticDiffusion(plain, torch.full((S.T,), 0.5)) if info.needs_gamma else plain  # Γ: Analytic-DPM
         steps = list(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True, 5))
         assert [s.t for s in steps] == [5, 4, 3, 2, 1], name
         assert steps[-1].x.shape == x.shape and torch.isfinite(steps[-1].x).all(), name
@@ -225,7 +229,7 @@ def test_sample_refuses_bad_names_eta_and_t_start(small_diffusion):
     from ddpm.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^unknown sampler 'euler'; expected one of ancestral, ddim, dpm\+\+2m, "
-                                          r"dpm\+\+3m, sde-dpm\+\+2m$"):
+                                          r"dpm\+\+3m, sde-dpm\+\+2m, analytic-ddpm, analytic-ddim$"):
         sample(linear_net, small_diffusion, (1, 2), sampler="euler")
     with pytest.raises(ConfigError, match=r"^eta applies to ddim only, not to sampler 'dpm\+\+2m'; got eta=0.5$"):
         sample(linear_net, small_diffusion, (1, 2), sampler="dpm++2m", eta=0.5)

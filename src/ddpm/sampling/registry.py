@@ -16,6 +16,7 @@ import torch
 from ..config import ConfigError
 from ..diffusion import GaussianDiffusion, Generators, Model, randn
 from ..schedules import Spacing
+from .analytic import analytic_ddim_steps, analytic_ddpm_steps
 from .ancestral import ancestral_steps, ddim_steps
 from .dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps, sde_dpmpp_2m_steps
 from .steps import SampleStep, run
@@ -34,6 +35,7 @@ class SamplerInfo:
     stochastic: bool          # draws fresh noise each step (else x_T fixes the result)
     takes_t_start: bool = True  # can start from a given x_t at paper time t_start
     takes_eta: bool = False   # DDIM's η
+    needs_gamma: bool = False  # needs an AnalyticDiffusion (the Γ estimate of Analytic-DPM), refused otherwise
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
@@ -47,6 +49,10 @@ SAMPLERS: dict[str, SamplerInfo] = {
                            "error)", stochastic=False),
     "sde-dpm++2m": SamplerInfo(sde_dpmpp_2m_steps, "SDE-DPM-Solver++(2M), the reverse SDE with fresh noise each "
                                "step", stochastic=True),
+    "analytic-ddpm": SamplerInfo(analytic_ddpm_steps, "Analytic-DDPM (Bao et al. 2022): ancestral steps with the "
+                                 "optimal variance from the stored Gamma estimate", stochastic=True, needs_gamma=True),
+    "analytic-ddim": SamplerInfo(analytic_ddim_steps, "Analytic-DDIM (Bao et al. 2022): DDIM's mean plus the optimal "
+                                 "noise from the stored Gamma estimate", stochastic=True, needs_gamma=True),
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 

@@ -1,0 +1,117 @@
+"""The stored Analytic-DPM estimate: Γ_t per original step, beside the checkpoint it was computed for.
+
+``<checkpoint>.analytic-<weights>.safetensors`` holds one float64 tensor ``gamma`` (T,), and
+``<checkpoint>.analytic-<weights>.json`` records the model hash (``ddpm.compression.model_hash``: weights and
+diffusion), the weights used, the number of training images, the seed and the sha256 of the tensor file. The
+tensor file is written first and the JSON last (both atomically), so a crash between the two leaves a JSON whose
+sha256 does not match: refused, never half-used. Both files come from anyone, so both are read bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ..checkpoint import CheckpointError, inspect_checkpoint, read_json, read_safetensors_header, save_safetensors
+from ..compression.codec import model_hash
+from ..config import check_int
+from ..loading import LoadedModel
+from ..outputs import atomic_file, write_text
+from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
+from .common import batched, stack_items
+
+Tensor = torch.Tensor
+FORMAT = "ddpm-analytic-gamma"
+VERSION = 1
+MAX_ESTIMATE_BYTES = 1 << 20  # T ≤ MAX_T float64 values and a small header; anything larger is not ours
+DEFAULT_IMAGES = 1000  # Bao et al. use a few thousand training images; 1000 is enough for Γ to ~1e-3
+
+
+def estimate_paths(checkpoint: str | Path, weights: str) -> tuple[Path, Path]:
+    """(tensor file, JSON) of the estimate beside the checkpoint directory that ``checkpoint`` resolves to."""
+    ckpt = inspect_checkpoint(checkpoint).path
+    stem = f"{ckpt.name}.analytic-{weights}"
+    return ckpt.parent / f"{stem}.safetensors", ckpt.parent / f"{stem}.json"
+
+
+def write_estimate(checkpoint: str | Path, model: LoadedModel, gamma: Tensor, n_images: int, seed: int) -> Path:
+    """Store Γ beside the checkpoint (tensor file, then the JSON naming its sha256); returns the JSON path."""
+    tensor_path, json_path = estimate_paths(checkpoint, model.weights)
+    with atomic_file(tensor_path) as tmp:
+        save_safetensors({"gamma": gamma.double().contiguous().cpu()}, tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    record = {"format": FORMAT, "version": VERSION, "model_hash": model_hash(model).hex(), "weights": model.weights,
+              "T": int(gamma.numel()), "n_images": int(n_images), "seed": int(seed), "sha256": digest}
+    return write_text(json_path, json.dumps(record, indent=2) + "\n")
+
+
+def read_estimate(checkpoint: str | Path, model: LoadedModel) -> tuple[Tensor, dict[str, Any]]:
+    """(Γ, its JSON record) stored for exactly this model; anything else is one CheckpointError line."""
+    tensor_path, json_path = estimate_paths(checkpoint, model.weights)
+    record = read_json(json_path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
+        raise CheckpointError(f"{json_path} is not a version-{VERSION} {FORMAT} record")
+    ours = model_hash(model).hex()
+    if record.get("model_hash") != ours:
+        raise CheckpointError(f"{json_path} was estimated for another model (hash {str(record.get('model_hash'))!r}, "
+                              f"this one {ours}); run `ddpm analytic-variance --recompute`")
+    T = model.diffusion.T
+    if record.get("T") != T:
+        raise CheckpointError(f"{json_path} holds Γ for T = {record.get('T')!r} steps, the model has T = {T}")
+    try:
+        size = tensor_path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{tensor_path} cannot be read: {e.strerror}; run `ddpm analytic-variance "
+                              "--recompute`") from None
+    if size > MAX_ESTIMATE_BYTES:
+        raise CheckpointError(f"{tensor_path} has {size} bytes, more than the {MAX_ESTIMATE_BYTES} an estimate holds")
+    data = tensor_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        raise CheckpointError(f"{tensor_path} does not match the sha256 in {json_path.name} (interrupted write or "
+                              "edited file); run `ddpm analytic-variance --recompute`")
+    header = read_safetensors_header(tensor_path)
+    if header != {"gamma": ("F64", (T,))}:
+        raise CheckpointError(f"{tensor_path} must hold one F64 tensor 'gamma' of shape ({T},), got {header}")
+    gamma = safetensors.torch.load(data)["gamma"]
+    if not torch.isfinite(gamma).all() or (gamma < 0).any():
+        raise CheckpointError(f"{tensor_path}: Γ_t = E‖ε_θ‖²/d must be finite and >= 0 at every t")
+    return gamma, record
+
+
+def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_images: int | None = None,
+                   seed: int = 0, batch_size: int = 64, recompute: bool = False) -> Tensor:
+    """Γ for ``model``: the stored estimate, or (if none, or ``recompute``) one from ``images`` that is then stored.
+
+    ``images`` is an indexable dataset of training images in [-1, 1]; the first ``n_images`` (default
+    DEFAULT_IMAGES, at most its length) are used. A stored estimate of another model is refused, not replaced,
+    unless ``recompute``; one of another image count is refused when ``n_images`` is given explicitly.
+    """
+    if n_images is not None:
+        check_int("--n-images", n_images, 1)
+    _, json_path = estimate_paths(checkpoint, model.weights)
+    if json_path.exists() and not recompute:
+        gamma, record = read_estimate(checkpoint, model)
+        if n_images is not None and record.get("n_images") != n_images:
+            raise CheckpointError(f"{json_path} was estimated from {record.get('n_images')!r} images, not "
+                                  f"--n-images {n_images}; add --recompute to replace it")
+        return gamma
+    n = min(len(images), n_images or DEFAULT_IMAGES)
+    if n < 1:
+        raise CheckpointError("the Γ estimate needs at least one training image; the training split is empty")
+    device = next(model.net.parameters()).device
+    batches = (stack_items(images, idx).to(device) for idx in batched(range(n), batch_size))
+    gamma, count = estimate_gamma(model, model.diffusion, batches, torch.Generator().manual_seed(seed))
+    assert count == n and not math.isnan(float(gamma.sum()))
+    write_estimate(checkpoint, model, gamma, n, seed)
+    return gamma
+
+
+def analytic_diffusion(model: LoadedModel, gamma: Tensor) -> AnalyticDiffusion:
+    """The model's diffusion with σ*² from Γ (Analytic-DDPM; respace it with ``with_steps``)."""
+    return AnalyticDiffusion(model.diffusion, gamma)
