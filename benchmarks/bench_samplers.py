@@ -1,8 +1,10 @@
-"""Sample quality and wall time: ancestral sampling (Algorithm 2, all T steps) against DDIM with few steps.
+"""Sample quality and wall time: ancestral sampling (Algorithm 2, all T steps) against every sampler of the
+registry with few steps.
 
 On a digits checkpoint (e.g. from ``ddpm train --preset digits --out RUN``)::
 
-    python benchmarks/bench_samplers.py --checkpoint RUN [--num-samples 256] [--ddim-steps 10,20,50,100]
+    python benchmarks/bench_samplers.py --checkpoint RUN [--num-samples 400] [--steps 10,20,50,100]
+        [--samplers ddim,dpm++2m,...] [--spacing uniform]
 
 Every sampler draws the same samples (sample i seeded by (seed, i)); each is scored with the offline digits
 metric (Fréchet distance of classifier features to the test split, classifier score) beside the real-vs-real
@@ -22,6 +24,8 @@ import torch
 
 from ddpm.evaluation.samples import SamplerSpec, digits_quality, generate
 from ddpm.loading import LoadedModel, load_model
+from ddpm.sampling import SAMPLER_NAMES, SAMPLERS
+from ddpm.schedules import SPACINGS
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class BenchRow:
     sampler: str
     steps: int
     eta: float
+    spacing: str
     n: int
     wall_s: float
     img_per_s: float
@@ -45,8 +50,13 @@ class BenchRow:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="digits checkpoint directory or run directory")
-    p.add_argument("--num-samples", "--n", dest="n", type=int, default=256, help="samples per sampler (default 256)")
-    p.add_argument("--ddim-steps", default="10,20,50,100", help="DDIM step counts (default 10,20,50,100)")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=400, help="samples per sampler (default 400)")
+    p.add_argument("--steps", default="10,20,50,100", help="step counts of the few-step samplers (default "
+                                                           "10,20,50,100)")
+    p.add_argument("--samplers", default=",".join(s for s in SAMPLER_NAMES if s != "ancestral"),
+                   help=f"registered samplers to run at each step count (default: all but ancestral: "
+                        f"{', '.join(SAMPLER_NAMES)})")
+    p.add_argument("--spacing", choices=SPACINGS, default="uniform", help="which of the T steps (default uniform)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (default 0)")
     p.add_argument("--no-ancestral", action="store_true", help="skip the (slow) ancestral row")
     p.add_argument("--seed", type=int, default=0)
@@ -58,13 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def specs(T: int, ddim_steps: list[int], eta: float, ancestral: bool) -> list[SamplerSpec]:
-    """Ancestral on all T steps, then DDIM at each step count that fits in T."""
+def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: bool,
+          spacing: str = "uniform") -> list[SamplerSpec]:
+    """Ancestral on all T steps, then each sampler at each step count that fits in T."""
     out = [SamplerSpec("ancestral")] if ancestral else []
-    skipped = [k for k in ddim_steps if not 1 <= k <= T]
+    skipped = [k for k in steps if not 1 <= k <= T]
     if skipped:
-        print(f"skipping DDIM steps {skipped}: the model has T = {T}", file=sys.stderr)
-    return out + [SamplerSpec("ddim", k, eta) for k in ddim_steps if 1 <= k <= T]
+        print(f"skipping steps {skipped}: the model has T = {T}", file=sys.stderr)
+    return out + [SamplerSpec(name, k, eta if SAMPLERS[name].takes_eta else 0.0, spacing=spacing)  # type: ignore
+                  for name in samplers for k in steps if 1 <= k <= T]
 
 
 def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: int, device: str) -> BenchRow:
@@ -74,17 +86,18 @@ def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: 
     images = generate(model, model.diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)
     wall_s = time.perf_counter() - tick
     q = digits_quality(images, seed)
-    return BenchRow(spec.sampler, spec.n_steps(model.diffusion.T), spec.eta, n, wall_s, n / wall_s, q.fd,
+    return BenchRow(spec.sampler, spec.n_steps(model.diffusion.T), spec.eta, spec.spacing, n, wall_s, n / wall_s,
+                    q.fd,
                     q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, q.confidence_real)
 
 
 def markdown(rows: list[BenchRow]) -> str:
     """The rows as a markdown table."""
-    lines = ["| sampler | steps | wall time (s) | img/s | digits FD (real vs real) | class score (real) "
-             "| confidence (real) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| sampler | steps | spacing | wall time (s) | img/s | digits FD (real vs real) | class score (real) "
+             "| confidence (real) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = r.sampler if r.sampler == "ancestral" else f"DDIM η={r.eta:g}"
-        lines.append(f"| {name} | {r.steps} | {r.wall_s:.1f} | {r.img_per_s:.1f} "
+        name = f"ddim η={r.eta:g}" if r.sampler == "ddim" else r.sampler
+        lines.append(f"| {name} | {r.steps} | {r.spacing} | {r.wall_s:.1f} | {r.img_per_s:.1f} "
                      f"| {r.fd:.2f} ({r.fd_real_vs_real:.2f}) | {r.class_score:.2f} ({r.class_score_real:.2f}) "
                      f"| {r.confidence:.3f} ({r.confidence_real:.3f}) |")
     return "\n".join(lines)
@@ -98,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     m = model.config.model
     if m.kind != "unet" or (m.in_channels, m.image_size) != (1, 8):  # type: ignore[union-attr]
         raise SystemExit(f"{args.checkpoint} is not a digits model (1 channel, 8×8): the digits metric does not apply")
-    ddim_steps = [int(k) for k in args.ddim_steps.split(",") if k.strip()]
+    steps = [int(k) for k in args.steps.split(",") if k.strip()]
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise SystemExit(f"unknown samplers {unknown}; registered: {', '.join(SAMPLER_NAMES)}")
     rows = [bench(model, spec, args.n, args.seed, args.batch_size, args.device)
-            for spec in specs(model.diffusion.T, ddim_steps, args.eta, not args.no_ancestral)]
+            for spec in specs(model.diffusion.T, samplers, steps, args.eta, not args.no_ancestral, args.spacing)]
     print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}), {args.n} samples "
           f"each, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
     print(markdown(rows))

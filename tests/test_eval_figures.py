@@ -14,6 +14,7 @@ from ddpm.evaluation.figures import grid_size, open_png, save_image_rows
 from ddpm.evaluation.interpolation import choose_pairs, default_t, lambda_grid
 from ddpm.evaluation.progressive import evenly_spaced_times, progressive_x0, quarter_times
 from ddpm.loading import load_model
+from ddpm.schedules import spaced_steps
 
 COMMANDS = ("nll", "rate-distortion", "sample", "progressive", "interpolate", "fid")
 
@@ -33,7 +34,8 @@ def test_help(command, capsys):
 
 
 def test_time_grids():
-    assert evenly_spaced_times(1000, 5) == [1000, 750, 500, 251, 1]
+    assert evenly_spaced_times(1000, 5) == [1000, 750, 500, 250, 1]  # the respacing rule: spaced_steps
+    assert evenly_spaced_times(1000, 5) == sorted(spaced_steps(1000, 5), reverse=True)
     assert quarter_times(1000) == [1000, 750, 500, 250]
     assert default_t(1000) == 500 and default_t(20) == 10
     assert lambda_grid(3) == [0.0, 0.5, 1.0]

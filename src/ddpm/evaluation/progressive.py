@@ -19,6 +19,7 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model, randn
 from ..outputs import write_npz
 from ..sampling import ancestral_steps, reconstruct_from, sample_generators
+from ..schedules import spaced_steps
 from .common import (
     CommonOptions,
     DataChoice,
@@ -38,12 +39,8 @@ Tensor = torch.Tensor
 
 
 def evenly_spaced_times(T: int, k: int) -> list[int]:
-    """k times from T down to 1, evenly spaced (Fig. 6's columns)."""
-    if k < 1:
-        raise ValueError(f"need at least one time, got {k}")
-    if k == 1:
-        return [T]
-    return sorted({round(T - i * (T - 1) / (k - 1)) for i in range(k)}, reverse=True)
+    """k times from T down to 1, evenly spaced (Fig. 6's columns): the respacing rule, newest first."""
+    return sorted(spaced_steps(T, k), reverse=True)  # the one rounding rule (schedules.spaced_steps)
 
 
 def quarter_times(T: int) -> list[int]:
@@ -145,7 +142,7 @@ def run_progressive(common: CommonOptions,
         if not is_image_model(s.config):
             raise ValueError("ddpm progressive needs an image model (a U-Net checkpoint)")
         T = s.model.diffusion.T
-        at = check_times(options.at or evenly_spaced_times(T, options.columns), T, "--at")
+        at = check_times(options.at or evenly_spaced_times(T, min(options.columns, T)), T, "--at")
         share_t = check_times(options.share_t or quarter_times(T), T, "--share-t")
         images, indices = _test_images(s, common, options)  # bad --images fail before any sampling
         fig6 = _fig6(s, common, options, at)
