@@ -185,7 +185,7 @@ def check_output_dir(path: str | Path, command: str, overwrite: bool = False, op
     owner = _marker_command(path)
     if owner == command or (command == "train" and holds_run(path)):  # the trainer decides on --resume
         return path
-    if holds_run(path) and command != "train":
+    if holds_run(path):
         what = "a training run or checkpoint"
     elif owner is not None:
         what = f"the output of ddpm {owner}"
