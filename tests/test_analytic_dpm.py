@@ -226,3 +226,56 @@ def test_an_edited_or_half_written_estimate_is_refused(tmp_path):
     tensors.write_bytes(b"\0" * ((1 << 20) + 1))
     with pytest.raises(CheckpointError, match=r"has 1048577 bytes, more than the 1048576 an estimate holds$"):
         read_estimate(path, model)
+
+
+# --- the commands: `ddpm analytic-variance`, `ddpm nll --variance analytic` ----------------------------------
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_analytic_variance_command_and_nll_with_the_analytic_variance(tmp_path, capsys):
+    import json
+
+    from _eval_tiny import make_checkpoint
+    from ddpm.cli import main
+    from ddpm.evaluation.analytic_variance import estimate_paths
+
+    ck = make_checkpoint(tmp_path / "ck", T=6)
+    assert main(["analytic-variance", "--checkpoint", str(ck), "--n-images", "3", "--batch-size", "2"]) == 0
+    _, record = estimate_paths(ck, "model")
+    assert "-> " + str(record) in capsys.readouterr().out
+    assert json.loads(record.read_text())["n_images"] == 3
+    out = tmp_path / "nll"
+    assert main(["nll", "--checkpoint", str(ck), "--out", str(out), "--limit", "2", "--steps", "3",
+                 "--variance", "analytic", "--no-progress"]) == 0
+    s = json.loads((out / "nll.json").read_text())
+    assert s["variance"] == "analytic" and s["T"] == 3 and math.isfinite(s["nll_bits_per_dim"])
+    # the estimate was reused, not recomputed: a request for another image count is refused
+    assert main(["nll", "--checkpoint", str(ck), "--out", str(tmp_path / "n2"), "--limit", "1",
+                 "--variance", "analytic", "--n-images", "4", "--no-progress"]) == 2
+    assert "was estimated from 3 images, not --n-images 4; add --recompute to replace it" in _one_line(capsys)
+    assert not (tmp_path / "n2").exists()
+
+
+def test_nll_refuses_another_models_estimate_and_analytic_only_options(tmp_path, capsys):
+    import shutil
+
+    from _eval_tiny import make_checkpoint
+    from ddpm.cli import main
+    from ddpm.evaluation.analytic_variance import estimate_paths
+
+    a, b = make_checkpoint(tmp_path / "a", T=6, seed=0), make_checkpoint(tmp_path / "b", T=6, seed=1)
+    assert main(["analytic-variance", "--checkpoint", str(a), "--n-images", "2"]) == 0
+    for src, dst in zip(estimate_paths(a, "model"), estimate_paths(b, "model")):
+        shutil.copy(src, dst)
+    assert main(["nll", "--checkpoint", str(b), "--out", str(tmp_path / "o"), "--limit", "1",
+                 "--variance", "analytic", "--no-progress"]) == 2
+    assert "b.analytic-model.json was estimated for another model" in _one_line(capsys)
+    assert main(["nll", "--checkpoint", str(a), "--out", str(tmp_path / "o"), "--n-images", "5"]) == 2
+    assert _one_line(capsys).endswith("--n-images and --recompute apply to --variance analytic only")
+    assert main(["analytic-variance", "--checkpoint", str(a), "--n-images", "0"]) == 2
+    assert _one_line(capsys).endswith("--n-images must be >= 1, got 0")

@@ -78,6 +78,11 @@ def register_nll(sub: argparse._SubParsersAction) -> None:
                    help="L_0: discretized (Eq. 13, images) or continuous (toy points); auto picks")
     p.add_argument("--save-terms", action="store_true", help="also write terms.npz (every term of every image)")
     p.add_argument("--steps", type=int, help="bound of the chain respaced to this many steps (default: all T)")
+    p.add_argument("--variance", choices=("model", "analytic"), default="model",
+                   help="reverse variance: the model's (default) or Analytic-DPM's optimal one from the Gamma "
+                        "estimate beside the checkpoint (computed on the training split if missing)")
+    p.add_argument("--n-images", type=int, help="training images for a Gamma estimate computed now (default 1000)")
+    p.add_argument("--recompute", action="store_true", help="recompute and replace the stored Gamma estimate")
     add_clip(p)
     p.set_defaults(func=run_nll_cmd)
 
@@ -86,7 +91,8 @@ def run_nll_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.nll import NLLOptions, run_nll
 
     r = run_nll(common_options(args), NLLOptions(data_choice(args), args.t_batch, not args.no_clip, args.decoder,
-                                                 args.save_terms, args.steps))
+                                                 args.save_terms, args.steps, args.variance, args.n_images,
+                                                 args.recompute))
     if r is not None:
         print(f"NLL {r.nll_bits_per_dim:.4f} ± {r.nll_stderr_bits_per_dim:.4f} bits/dim on {r.n_images} "
               f"{r.split} images (L_T {r.prior_bits_per_dim:.3e}, rate L_1..L_T {r.rate_bits_per_dim:.4f}, "
@@ -275,8 +281,36 @@ def run_fid_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- analytic-variance ---------------------------------------------------------------------------
+
+def register_analytic_variance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analytic-variance", help="Analytic-DPM's Gamma estimate, stored beside the checkpoint",
+                       description="Gamma_t = E||eps_theta(x_t, t)||^2/d for every t by Monte Carlo over training "
+                                   "images (Bao et al. 2022), written beside the checkpoint as "
+                                   "<checkpoint>.analytic-<weights>.safetensors and .json (with the model's hash). "
+                                   "Used by --sampler analytic-ddpm|analytic-ddim and nll --variance analytic.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its latest)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
+    p.add_argument("--n-images", type=int, help="training images to average over (default 1000, at most the split)")
+    p.add_argument("--recompute", action="store_true", help="replace an estimate already stored")
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise draws (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per network call (default 64)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    add_data(p, split="train")
+    p.set_defaults(func=run_analytic_variance_cmd)
+
+
+def run_analytic_variance_cmd(args: argparse.Namespace) -> int:
+    from ..evaluation.analytic_variance import run_analytic_variance
+
+    path, gamma = run_analytic_variance(args.checkpoint, args.weights, args.n_images, args.seed, args.batch_size,
+                                        args.device, data_choice(args), args.recompute)
+    print(f"Gamma_t for t = 1..{gamma.numel()} (from {gamma.min().item():.4f} to {gamma.max().item():.4f}) -> {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the evaluation subcommands."""
     for add in (register_nll, register_rate_distortion, register_sample, register_progressive, register_interpolate,
-                register_fid):
+                register_fid, register_analytic_variance):
         add(sub)

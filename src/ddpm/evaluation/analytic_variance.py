@@ -20,11 +20,12 @@ import torch
 
 from ..checkpoint import CheckpointError, inspect_checkpoint, read_json, read_safetensors_header, save_safetensors
 from ..compression.codec import model_hash
-from ..config import check_int
-from ..loading import LoadedModel
+from ..config import check_int, check_seed
+from ..loading import LoadedModel, load_model
 from ..outputs import atomic_file, write_text
+from ..processes import check_device, device_for
 from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
-from .common import batched, stack_items
+from .common import DataChoice, batched, load_split, stack_items
 
 Tensor = torch.Tensor
 FORMAT = "ddpm-analytic-gamma"
@@ -115,3 +116,18 @@ def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_im
 def analytic_diffusion(model: LoadedModel, gamma: Tensor) -> AnalyticDiffusion:
     """The model's diffusion with σ*² from Γ (Analytic-DDPM; respace it with ``with_steps``)."""
     return AnalyticDiffusion(model.diffusion, gamma)
+
+
+def run_analytic_variance(checkpoint: str | Path, weights: str = "ema", n_images: int | None = None, seed: int = 0,
+                          batch_size: int = 64, device: str = "cpu", data: DataChoice | None = None,
+                          recompute: bool = False) -> tuple[Path, Tensor]:
+    """``ddpm analytic-variance``: Γ on the training split, stored beside the checkpoint; (the JSON, Γ)."""
+    if n_images is not None:
+        check_int("--n-images", n_images, 1)
+    check_seed("--seed", seed)
+    check_int("--batch-size", batch_size, 1)
+    check_device(device)  # all before the model is loaded
+    model = load_model(checkpoint, weights, device_for(device))
+    train = load_split(model.config, data or DataChoice("train"))
+    gamma = analytic_gamma(checkpoint, model, train, n_images, seed, batch_size, recompute)
+    return estimate_paths(checkpoint, model.weights)[1], gamma

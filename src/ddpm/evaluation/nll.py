@@ -41,6 +41,7 @@ from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
 DecoderChoice = Literal["auto", "discretized", "continuous"]
+VarianceChoice = Literal["model", "analytic"]
 ImageSource = Sequence[Tensor] | torch.utils.data.Dataset
 
 
@@ -177,6 +178,7 @@ class NLLResult:
     seconds: float
     img_per_s: float
     terms: tuple[TermStat, ...] = field(default=(), repr=False)
+    variance: str = "model"          # the reverse variance: the model's own, or Analytic-DPM's σ*² (Bao et al.)
 
     def summary(self) -> dict[str, object]:
         """Every field except the per-t table (what ``nll.json`` holds)."""
@@ -195,7 +197,7 @@ def term_stats(totals: BoundTotals) -> tuple[TermStat, ...]:
 
 
 def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_denoised: bool, t_per_batch: int,
-              seconds: float) -> NLLResult:
+              seconds: float, variance: str = "model") -> NLLResult:
     """The NLL summary of merged totals."""
     if totals.n == 0:
         raise ValueError("no images were evaluated")
@@ -206,7 +208,7 @@ def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_
         decoder_bits_per_dim=decoder_mean, rate_bits_per_dim=nll - decoder_mean,
         distortion_bits_per_dim=decoder_mean, n_images=totals.n, T=totals.T, split=split, dataset=dataset,
         decoder=decoder, clip_denoised=clip_denoised, t_per_batch=t_per_batch, seconds=seconds,
-        img_per_s=totals.n / seconds if seconds > 0 else math.nan, terms=term_stats(totals),
+        img_per_s=totals.n / seconds if seconds > 0 else math.nan, terms=term_stats(totals), variance=variance,
     )
 
 
@@ -222,9 +224,18 @@ class NLLOptions:
     decoder: DecoderChoice = "auto"     # L_0: Eq. 13 for images, Gaussian density for toy points
     save_terms: bool = False            # also write every term of every image (terms.npz, N × T)
     steps: int | None = None            # bound of the chain respaced to this many steps (None: all T)
+    variance: VarianceChoice = "model"  # "analytic": Analytic-DPM's σ*² from the Γ stored beside the checkpoint
+    n_images: int | None = None         # training images for a Γ estimate computed now (analytic only)
+    recompute: bool = False             # replace a stored Γ estimate (analytic only)
 
     def __post_init__(self) -> None:
         check_int("--t-batch", self.t_batch, 1)
+        if self.variance not in ("model", "analytic"):
+            raise ConfigError(f"--variance must be model or analytic, got {shown(self.variance)}")
+        if self.n_images is not None:
+            check_int("--n-images", self.n_images, 1)
+        if self.variance != "analytic" and (self.n_images is not None or self.recompute):
+            raise ConfigError("--n-images and --recompute apply to --variance analytic only")
         if self.decoder not in ("auto", "discretized", "continuous"):
             raise ConfigError(f"--decoder must be auto, discretized or continuous, got {shown(self.decoder)}")
         if self.steps is not None:
@@ -237,10 +248,14 @@ def chain(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
 
 
 def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch: int, clip_denoised: bool,
-                   decoder: Decoder, keep_terms: bool, steps: int | None = None) -> tuple[BoundTotals | None, float]:
-    """This process's share of the bound on the chosen split, merged on rank 0 (None elsewhere); and seconds."""
+                   decoder: Decoder, keep_terms: bool, steps: int | None = None,
+                   diffusion: GaussianDiffusion | None = None) -> tuple[BoundTotals | None, float]:
+    """This process's share of the bound on the chosen split, merged on rank 0 (None elsewhere); and seconds.
+
+    ``diffusion`` replaces the model's own (e.g. an AnalyticDiffusion); it is respaced to ``steps`` here.
+    """
     tick = time.perf_counter()
-    diffusion = chain(s.model.diffusion, steps)
+    diffusion = chain(s.model.diffusion if diffusion is None else diffusion, steps)
     dataset = load_split(s.config, data)
     n = limited(len(dataset), common.limit)  # type: ignore[arg-type]
     mine = shard(range(n), s.group)
@@ -256,13 +271,22 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
         if options.steps is not None:  # needs the model's T: checked before any work or file
             check_int("--steps", options.steps, 1, s.model.diffusion.T)
         decoder = resolve_decoder(options.decoder, is_image_model(s.config))
+        diffusion = None
+        if options.variance == "analytic":
+            # Γ on the training split (the stored estimate, or computed now and stored beside the checkpoint)
+            from .analytic_variance import analytic_diffusion, analytic_gamma
+
+            train = load_split(s.config, DataChoice("train", options.data.path, options.data.dataset))
+            gamma = analytic_gamma(common.checkpoint, s.model, train, options.n_images, common.seed,
+                                   common.batch_size, options.recompute)
+            diffusion = analytic_diffusion(s.model, gamma)
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
-                                         options.save_terms, options.steps)
+                                         options.save_terms, options.steps, diffusion)
         if totals is None:
             return None
         dataset = options.data.dataset or s.config.data.dataset
         result = summarize(totals, options.data.split, dataset, decoder, options.clip_denoised, options.t_batch,
-                           seconds)
+                           seconds, options.variance)
         write_nll(s.out, result, totals)
         write_run_info(s, {"common": common, "nll": options})
         return result
