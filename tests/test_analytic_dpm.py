@@ -279,3 +279,22 @@ def test_nll_refuses_another_models_estimate_and_analytic_only_options(tmp_path,
     assert _one_line(capsys).endswith("--n-images and --recompute apply to --variance analytic only")
     assert main(["analytic-variance", "--checkpoint", str(a), "--n-images", "0"]) == 2
     assert _one_line(capsys).endswith("--n-images must be >= 1, got 0")
+
+
+def test_sample_with_the_analytic_samplers_needs_the_stored_estimate(tmp_path, capsys):
+    import json
+
+    from _eval_tiny import make_checkpoint
+    from ddpm.cli import main
+
+    ck = make_checkpoint(tmp_path / "ck", T=6)
+    args = ["sample", "--checkpoint", str(ck), "--n", "2", "--steps", "3", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "s0"), "--sampler", "analytic-ddpm"]) == 2
+    assert _one_line(capsys).endswith(f"ck.analytic-model.json); run `ddpm analytic-variance --checkpoint {ck}` "
+                                      "first")
+    assert not (tmp_path / "s0").exists()
+    assert main(["analytic-variance", "--checkpoint", str(ck), "--n-images", "2"]) == 0
+    for sampler in ("analytic-ddpm", "analytic-ddim"):
+        out = tmp_path / sampler
+        assert main([*args, "--out", str(out), "--sampler", sampler]) == 0
+        assert json.loads((out / "samples.json").read_text())["sampler"] == sampler

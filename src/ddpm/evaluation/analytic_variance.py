@@ -55,6 +55,9 @@ def write_estimate(checkpoint: str | Path, model: LoadedModel, gamma: Tensor, n_
 def read_estimate(checkpoint: str | Path, model: LoadedModel) -> tuple[Tensor, dict[str, Any]]:
     """(Γ, its JSON record) stored for exactly this model; anything else is one CheckpointError line."""
     tensor_path, json_path = estimate_paths(checkpoint, model.weights)
+    if not json_path.exists():
+        raise CheckpointError(f"no Analytic-DPM estimate beside the checkpoint ({json_path}); run `ddpm "
+                              f"analytic-variance --checkpoint {checkpoint}` first")
     record = read_json(json_path)
     if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
         raise CheckpointError(f"{json_path} is not a version-{VERSION} {FORMAT} record")

@@ -135,8 +135,14 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
         n = min(options.n, common.limit) if common.limit is not None else options.n
         shape = image_shape(s.config)
         mine = shard(range(n), s.group)
+        diffusion = s.model.diffusion
+        if SAMPLERS[options.spec.sampler].needs_gamma:
+            # Analytic-DPM's samplers: σ*² from the Γ estimate stored beside the checkpoint (ddpm analytic-variance)
+            from .analytic_variance import analytic_diffusion, read_estimate
+
+            diffusion = analytic_diffusion(s.model, read_estimate(common.checkpoint, s.model)[0])
         tick = time.perf_counter()
-        part = generate(s.model, s.model.diffusion, shape, options.spec, common.seed, mine, common.batch_size,
+        part = generate(s.model, diffusion, shape, options.spec, common.seed, mine, common.batch_size,
                         s.device, common.progress and s.progress_enabled)
         parts = gather_to_main(part, s.group)
         if parts is None:
