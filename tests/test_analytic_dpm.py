@@ -226,6 +226,19 @@ def test_an_edited_or_half_written_estimate_is_refused(tmp_path):
     tensors.write_bytes(b"\0" * ((1 << 20) + 1))
     with pytest.raises(CheckpointError, match=r"has 1048577 bytes, more than the 1048576 an estimate holds$"):
         read_estimate(path, model)
+    # a 16 GiB (sparse) tensor file is refused from its size alone: nothing of it is read
+    import time
+    import tracemalloc
+
+    with open(tensors, "wb") as f:
+        f.truncate(16 << 30)
+    tracemalloc.start()
+    tick = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"has 17179869184 bytes, more than the 1048576 an estimate holds$"):
+        read_estimate(path, model)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20 and time.perf_counter() - tick < 2.0, (peak, time.perf_counter() - tick)
 
 
 # --- the commands: `ddpm analytic-variance`, `ddpm nll --variance analytic` ----------------------------------
