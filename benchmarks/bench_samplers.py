@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+from ddpm.checkpoint import CheckpointError
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.evaluation.analytic_variance import analytic_diffusion, read_estimate
 from ddpm.evaluation.samples import SamplerSpec, digits_quality, generate
 from ddpm.loading import LoadedModel, load_model
 from ddpm.sampling import SAMPLER_NAMES, SAMPLERS
@@ -79,11 +82,13 @@ def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: 
                   for name in samplers for k in steps if 1 <= k <= T]
 
 
-def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: int, device: str) -> BenchRow:
-    """Draw n samples with one sampler, time it, and score the samples."""
+def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: int, device: str,
+          analytic: GaussianDiffusion | None = None) -> BenchRow:
+    """Draw n samples with one sampler, time it, and score the samples (``analytic``: the diffusion with Γ)."""
     shape = (model.config.model.in_channels, model.config.model.image_size, model.config.model.image_size)  # type: ignore[union-attr]
+    diffusion = analytic if SAMPLERS[spec.sampler].needs_gamma else model.diffusion
     tick = time.perf_counter()
-    images = generate(model, model.diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)
+    images = generate(model, diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)
     wall_s = time.perf_counter() - tick
     q = digits_quality(images, seed)
     return BenchRow(spec.sampler, spec.n_steps(model.diffusion.T), spec.eta, spec.spacing, n, wall_s, n / wall_s,
@@ -116,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in samplers if s not in SAMPLERS]
     if unknown:
         raise SystemExit(f"unknown samplers {unknown}; registered: {', '.join(SAMPLER_NAMES)}")
-    rows = [bench(model, spec, args.n, args.seed, args.batch_size, args.device)
+    analytic = None
+    if any(SAMPLERS[s].needs_gamma for s in samplers):
+        try:  # Analytic-DPM's Γ, stored beside the checkpoint by `ddpm analytic-variance`
+            analytic = analytic_diffusion(model, read_estimate(args.checkpoint, model)[0])
+        except CheckpointError as e:
+            print(f"skipping the Analytic-DPM samplers: {e}", file=sys.stderr)
+            samplers = [s for s in samplers if not SAMPLERS[s].needs_gamma]
+    rows = [bench(model, spec, args.n, args.seed, args.batch_size, args.device, analytic)
             for spec in specs(model.diffusion.T, samplers, steps, args.eta, not args.no_ancestral, args.spacing)]
     print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}), {args.n} samples "
           f"each, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")

@@ -33,7 +33,8 @@ from ..config import ConfigError
 from ..diffusion import GaussianDiffusion, Generators, Model, PMeanVar, randn
 from ..likelihood import mean_flat
 from ..schedules import Schedule, Spacing, gather
-from .steps import SampleStep, start_time, time_batch
+from .ancestral import ancestral_steps
+from .steps import SampleStep, time_batch
 
 Tensor = torch.Tensor
 Family = Literal["ddpm", "ddim"]
@@ -191,13 +192,8 @@ def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, gene
                           "checkpoint); got a diffusion without one")
     if eta is not None and eta != diffusion.eta:
         diffusion = AnalyticDiffusion(diffusion, diffusion.gamma, eta, diffusion.data_half_range)
-    x = x_T
-    for t in range(start_time(t_start, diffusion.T), 0, -1):
-        tt = time_batch(t, x)
-        noise = randn(tuple(x.shape), generator, x.device) if t > 1 else torch.zeros_like(x)
-        with torch.no_grad():
-            x, p = diffusion.p_sample(model, x, tt, noise, clip_denoised)
-        yield SampleStep(t, x, p.pred_x0)
+    # Algorithm 2's loop: AnalyticDiffusion's p_mean_var supplies μ̃_λ and σ*²
+    yield from ancestral_steps(model, diffusion, x_T, generator, clip_denoised, t_start)
 
 
 def analytic_ddpm_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
