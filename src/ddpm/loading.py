@@ -21,6 +21,7 @@ from .checkpoint import FILES, META, CheckpointError, inspect_checkpoint, load_c
 from .config import MAX_IMAGE_SIZE, ConfigError, MLPConfig, ModelConfig, RunConfig, UNetConfig
 from .diffusion import GaussianDiffusion
 from .nets import build_model
+from .nets.precision import in_bfloat16
 
 Shapes = Mapping[str, tuple[int, ...]]
 _FLOATS = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names a float32 network can load
@@ -36,9 +37,10 @@ class LoadedModel:
     config: RunConfig
     step: int
     weights: str  # "ema" or "model"
+    bf16: bool = False  # run the network (only) under bfloat16 autocast
 
     def __call__(self, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, steps)
+        return (in_bfloat16(self.net) if self.bf16 else self.net)(x_t, steps)
 
 
 def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:

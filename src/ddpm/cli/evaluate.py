@@ -35,6 +35,8 @@ def add_common(p: argparse.ArgumentParser, batch_size: int = 64, out: str | None
                    help="cpu (default), cuda (cuda:LOCAL_RANK under torchrun), cuda:N or mps")
     p.add_argument("--limit", type=int, help="work on the first N items only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--bf16", action="store_true", help="run the network in bfloat16 (autocast; the schedule "
+                                                        "arithmetic stays float32/float64)")
     add_overwrite(p)
 
 
@@ -57,7 +59,7 @@ def add_clip(p: argparse.ArgumentParser) -> None:
 
 def common_options(args: argparse.Namespace) -> CommonOptions:
     return CommonOptions(args.checkpoint, args.out, args.weights, args.seed, args.batch_size, args.device, args.limit,
-                         not args.no_progress, overwrite=args.overwrite)
+                         not args.no_progress, overwrite=args.overwrite, bf16=args.bf16)
 
 
 def data_choice(args: argparse.Namespace) -> DataChoice:

@@ -38,6 +38,7 @@ class CommonOptions:
     limit: int | None = None         # work on the first N items only
     progress: bool = True            # tqdm progress bars (rank 0 only)
     overwrite: bool = False          # write into an --out that holds other files (see ddpm.outputs)
+    bf16: bool = False               # the network (only) under bfloat16 autocast
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
@@ -92,6 +93,7 @@ def session(common: CommonOptions, command: str) -> Iterator[Session]:
         if group.is_main:
             check_output_dir(common.out, command, common.overwrite)
         model = load_model(common.checkpoint, common.weights, device)
+        model.bf16 = common.bf16
         with OutputDir(common.out, command, overwrite=common.overwrite, active=group.is_main) as out:
             yield Session(model, device, group, out, command)
     finally:

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ConfigError
 from ..diffusion import GaussianDiffusion, Generators, Model, randn
+from ..nets.precision import in_bfloat16
 from ..schedules import Spacing
 from .analytic import analytic_ddim_steps, analytic_ddpm_steps
 from .ancestral import ancestral_steps, ddim_steps
@@ -72,9 +73,14 @@ def sampler_help() -> str:
 def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], generator: Generators = None,
            sampler: SamplerName = "ancestral", steps: int | None = None, eta: float = 0.0,
            clip_denoised: bool = True, device: torch.device | str = "cpu", progress: bool = False,
-           spacing: Spacing = "uniform") -> Tensor:
-    """Samples x_0 of ``shape`` with a registered sampler on all T steps or ``steps`` of them (``spacing``)."""
+           spacing: Spacing = "uniform", bf16: bool = False) -> Tensor:
+    """Samples x_0 of ``shape`` with a registered sampler on all T steps or ``steps`` of them (``spacing``).
+
+    ``bf16`` runs the network alone under bfloat16 autocast; the sampler's arithmetic stays in float32.
+    """
     info = get_sampler(sampler)
+    if bf16:
+        model = in_bfloat16(model)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
     if eta and not info.takes_eta:
