@@ -109,7 +109,7 @@ def dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, gene
 
 def dpmpp_3m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
                    clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
-    """DPM-Solver++(3M): deterministic, third order multistep."""
+    """DPM-Solver++(3M) in the reference form (as diffusers): its D2 term makes it second order, measured."""
     return dpm_solver_steps(model, diffusion, x_T, generator, clip_denoised, t_start, order=3)
 
 
