@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--png", help="also plot Fréchet distance against network evaluations to this PNG")
     return p.parse_args(argv)
 
 
@@ -108,6 +109,31 @@ def markdown(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[BenchRow], path: str | Path) -> Path:
+    """Fréchet distance against network evaluations, a line per sampler; ancestral (all T steps) as a level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.sampler == "ancestral":
+            ax.axhline(r.fd, color="black", linestyle="--", label=f"ancestral, {r.steps} steps ({r.fd:.2f})")
+    for name in dict.fromkeys(r.sampler for r in rows if r.sampler != "ancestral"):
+        mine = sorted((r for r in rows if r.sampler == name), key=lambda r: r.steps)
+        ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({mine[0].spacing})")
+    ax.axhline(rows[0].fd_real_vs_real, color="grey", linestyle=":", label="real vs real")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("digits Fréchet distance (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -135,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    if args.png:
+        plot(rows, args.png)
     return 0
 
 
