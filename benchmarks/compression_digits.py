@@ -32,7 +32,7 @@ from ddpm.compression.files import write_images
 from ddpm.data.digits import digits_dataset
 from ddpm.data.levels import from_uint8, requantize, to_uint8
 from ddpm.evaluation.common import mean_and_stderr
-from ddpm.evaluation.nll import bound_totals, chain
+from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
 
 
@@ -40,7 +40,7 @@ def bound(model, images: np.ndarray, steps: int) -> tuple[float, float]:
     """Mean ± standard error of the full bound (bits/dim) on the chain of ``steps`` steps, as ``ddpm nll``."""
     levels = model.diffusion.levels
     x0 = [from_uint8(k, levels) for k in images]
-    totals = bound_totals(model, chain(model.diffusion, steps), x0, range(len(x0)), seed=0, batch_size=16,
+    totals = bound_totals(model, model.diffusion.with_steps(steps), x0, range(len(x0)), seed=0, batch_size=16,
                           t_per_batch=10, clip_denoised=True, decoder="discretized")
     return mean_and_stderr(totals.total_bpd)
 

@@ -280,8 +280,6 @@ def validate(cfg: RunConfig) -> None:
     """Raise ConfigError naming the option when the run configuration is inconsistent."""
     _check_values(cfg)
     d, m = cfg.diffusion, cfg.model
-    if d.T < 1:
-        raise ConfigError(f"diffusion.T must be >= 1, got {d.T}")
     if d.learn_sigma != m.learn_sigma:
         raise ConfigError(
             f"model.learn_sigma={m.learn_sigma} contradicts diffusion.var_type={d.var_type!r}: "

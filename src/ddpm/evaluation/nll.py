@@ -242,11 +242,6 @@ class NLLOptions:
             check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_nll)
 
 
-def chain(diffusion: GaussianDiffusion, steps: int | None) -> GaussianDiffusion:
-    """The model's chain, or the same model on ``steps`` evenly respaced steps (a shorter, looser bound)."""
-    return diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
-
-
 def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch: int, clip_denoised: bool,
                    decoder: Decoder, keep_terms: bool, steps: int | None = None,
                    diffusion: GaussianDiffusion | None = None) -> tuple[BoundTotals | None, float]:
@@ -255,7 +250,7 @@ def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch:
     ``diffusion`` replaces the model's own (e.g. an AnalyticDiffusion); it is respaced to ``steps`` here.
     """
     tick = time.perf_counter()
-    diffusion = chain(s.model.diffusion if diffusion is None else diffusion, steps)
+    diffusion = (s.model.diffusion if diffusion is None else diffusion).with_steps(steps)  # the one respacing rule
     dataset = load_split(s.config, data)
     n = limited(len(dataset), common.limit)  # type: ignore[arg-type]
     mine = shard(range(n), s.group)
