@@ -86,7 +86,7 @@ def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: 
 def bench(model: LoadedModel, spec: SamplerSpec, n: int, seed: int, batch_size: int, device: str,
           analytic: GaussianDiffusion | None = None) -> BenchRow:
     """Draw n samples with one sampler, time it, and score the samples (``analytic``: the diffusion with Γ)."""
-    shape = (model.config.model.in_channels, model.config.model.image_size, model.config.model.image_size)  # type: ignore[union-attr]
+    shape = model.sample_shape
     diffusion = analytic if SAMPLERS[spec.sampler].needs_gamma else model.diffusion
     tick = time.perf_counter()
     images = generate(model, diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)

@@ -26,7 +26,7 @@ import torch
 
 from ddpm.checkpoint import latest_checkpoint
 from ddpm.config import override, preset
-from ddpm.data import build_dataset
+from ddpm.data import dataset_for
 from ddpm.evaluation.digits_metric import evaluate_digits
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
@@ -84,7 +84,7 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
     x = sample(m, m.diffusion, (n_samples, 1, 8, 8), sample_generators(seed, 0, n_samples))
     finite = bool(torch.isfinite(x).all())
     q = evaluate_digits(x.nan_to_num(0.0), seed=seed)
-    test = build_dataset(cfg.data, "test", cfg.diffusion.levels)
+    test = dataset_for(cfg, "test")
     totals = bound_totals(m, m.diffusion, test, range(len(test)), seed=seed + 1, t_per_batch=25)
     return CellResult(label, diverged or not finite, m.step, totals.total_bpd.mean().item(), q.fd,
                       q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, train_s,

@@ -12,7 +12,7 @@ import torch
 
 from ddpm.checkpoint import save_model
 from ddpm.config import DiffusionConfig, RunConfig, UNetConfig, override, preset
-from ddpm.nets import build_model
+from ddpm.nets import network_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def make_checkpoint(path: Path, T: int = 20, seed: int = 0, **changes: object) -
     """A model-only checkpoint of a random tiny U-Net."""
     cfg = tiny_config(T, **changes)
     torch.manual_seed(seed)
-    net = build_model(cfg.model)
+    net = network_for(cfg)
     return save_model(path, cfg.to_dict(), net.state_dict())
 
 

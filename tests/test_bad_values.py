@@ -21,7 +21,6 @@ from ddpm.compression.files import write_images
 from ddpm.config import (
     MAX_SEED,
     ConfigError,
-    DataConfig,
     DiffusionConfig,
     RunConfig,
     TrainConfig,
@@ -148,7 +147,7 @@ def test_train_refuses_bad_mlp_values(tmp_path, capsys, bad, needle):
     (["--train.lr", "1e-3", "--lr=2e-3"], "train.lr and lr both set train.lr: give it once"),
     (["--lr", "1e-3", "--lr", "2e-3"], "option --lr is given twice (as --lr and --lr): give it once"),
     (["--grad-clip", "1", "--grad_clip", "1"], "option --grad_clip is given twice (as --grad-clip and --grad_clip)"),
-    (["--image_size", "8", "--data.image_size", "8"], "image_size and data.image_size both set data.image_size"),
+    (["--image_size", "8", "--model.image_size", "8"], "image_size and model.image_size both set model.image_size"),
     (["--lr="], "option --lr needs a value after '='"),
 ])
 def test_an_option_given_twice_is_an_error_not_the_last_wins(tmp_path, capsys, twice, needle):
@@ -192,7 +191,7 @@ def test_direct_construction_and_json_are_checked_as_well():
     with pytest.raises(ConfigError, match="diffusion.hybrid_lambda must be a finite number"):
         RunConfig(diffusion=DiffusionConfig(hybrid_lambda=math.inf))
     with pytest.raises(ConfigError, match=r"model.dropout must be in \[0, 1\)"):
-        RunConfig(model=UNetConfig(dropout=2.0), data=DataConfig(image_size=32, channels=3))
+        RunConfig(model=UNetConfig(dropout=2.0))
     d = preset("digits").to_dict()
     d["train"]["grad_clip"] = "1.0"  # a str in a config.json
     with pytest.raises(ConfigError, match="train.grad_clip must be a finite number, got '1.0'"):

@@ -164,7 +164,7 @@ def digits(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("steps,var_type", [(None, "fixed_beta"), (7, "learned")])
 def test_compress_then_decompress_is_exact(tmp_path, steps, var_type):
-    path = make_checkpoint(tmp_path / "m", T=20, var_type=var_type, loss_type="vlb", learn_sigma=True) \
+    path = make_checkpoint(tmp_path / "m", T=20, var_type=var_type, loss_type="vlb") \
         if var_type != "fixed_beta" else make_checkpoint(tmp_path / "m", T=20)
     model = load_model(path)
     images = digits(11)

@@ -8,7 +8,6 @@ import os
 import pickle
 import struct
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,11 @@ def write_archive(root: Path, members: dict[str, bytes] | None = None) -> Path:
     return path
 
 
-def cfg(path: Path | str | None, **kw: Any) -> DataConfig:
-    return DataConfig(dataset="cifar10", path=None if path is None else str(path), image_size=32, channels=3,
-                      random_flip=True, **kw)
+def cfg(path: Path | str | None, channels: int = 3, image_size: int = 32,
+        **kw: Any) -> tuple[DataConfig, tuple[int, ...]]:
+    """The data section and the sample shape (channels, size, size) a model would ask for."""
+    return (DataConfig(dataset="cifar10", path=None if path is None else str(path), random_flip=True, **kw),
+            (channels, image_size, image_size))
 
 
 def expected_train() -> tuple[np.ndarray, list[int]]:
@@ -97,7 +98,7 @@ def test_every_layout_gives_the_same_exact_values(tmp_path: Path, layout: str) -
     else:
         archive = write_archive(tmp_path)
         path = tmp_path if layout == "archive_parent" else archive
-    train, test = build_dataset(cfg(path), "train", 256), build_dataset(cfg(path), "test", 256)
+    train, test = build_dataset(*cfg(path), "train", 256), build_dataset(*cfg(path), "test", 256)
     assert len(train) == 5 * N and len(test) == N
     data, labels = expected_train()
     x = train[5]
@@ -113,16 +114,16 @@ def test_every_layout_gives_the_same_exact_values(tmp_path: Path, layout: str) -
 def test_requantized_levels_grey_and_smaller_size(tmp_path: Path) -> None:
     folder = write_folder(tmp_path)
     data, _ = expected_train()
-    x = build_dataset(cfg(folder), "train", 17)[0]
+    x = build_dataset(*cfg(folder), "train", 17)[0]
     v = data[0].reshape(3, 32, 32).astype(int)
     k = (2 * v * 16 + 255) // 510
     assert np.array_equal(x.numpy(), (2 * k / 16 - 1).astype(np.float32))
-    grey = build_dataset(replace(cfg(folder), channels=1), "train", 256)[0]
+    grey = build_dataset(*cfg(folder, channels=1), "train", 256)[0]
     luma = rgb_to_grey(v.transpose(1, 2, 0)).astype(int)
     assert np.array_equal(grey[0].numpy(), (2 * luma / 255 - 1).astype(np.float32))
-    assert build_dataset(replace(cfg(folder), image_size=16), "test", 256)[0].shape == (3, 16, 16)
+    assert build_dataset(*cfg(folder, image_size=16), "test", 256)[0].shape == (3, 16, 16)
     with pytest.raises(DataError, match="smaller than image_size=64"):
-        build_dataset(replace(cfg(folder), image_size=64), "test", 256)
+        build_dataset(*cfg(folder, image_size=64), "test", 256)
 
 
 class Evil:
@@ -150,9 +151,9 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path, form: str) -> N
     else:
         path = write_archive(tmp_path / "a", members)
     with pytest.raises(DataError, match=r"data_batch_2.*refused.*system"):
-        build_dataset(cfg(path), "train", 256)
+        build_dataset(*cfg(path), "train", 256)
     assert not marker.exists()
-    assert len(build_dataset(cfg(path), "test", 256)) == N  # the other split is untouched
+    assert len(build_dataset(*cfg(path), "test", 256)) == N  # the other split is untouched
 
 
 @pytest.mark.parametrize("payload", [
@@ -173,31 +174,31 @@ def test_missing_damaged_and_malformed_batches_are_named(tmp_path: Path) -> None
     folder = write_folder(tmp_path / "a")
     (folder / "data_batch_3").unlink()
     with pytest.raises(DataError, match="data_batch_3.*missing"):
-        build_dataset(cfg(folder), "train", 256)
+        build_dataset(*cfg(folder), "train", 256)
     (folder / "data_batch_3").write_bytes(py2_pickle(fake_batch(3))[:500])
     with pytest.raises(DataError, match="data_batch_3.*damaged"):
-        build_dataset(cfg(folder), "train", 256)
+        build_dataset(*cfg(folder), "train", 256)
     bad = fake_batch(3)
     bad[b"data"] = bad[b"data"].astype(np.float32)
     (folder / "data_batch_3").write_bytes(pickle.dumps(bad))
     with pytest.raises(DataError, match="data_batch_3.*uint8"):
-        build_dataset(cfg(folder), "train", 256)
+        build_dataset(*cfg(folder), "train", 256)
     bad = fake_batch(3)
     bad[b"labels"] = bad[b"labels"][:-1]
     (folder / "data_batch_3").write_bytes(pickle.dumps(bad))
     with pytest.raises(DataError, match="data_batch_3.*labels"):
-        build_dataset(cfg(folder), "train", 256)
+        build_dataset(*cfg(folder), "train", 256)
     members = {n: pickle.dumps(fake_batch(i)) for i, n in enumerate(NAMES) if n != "data_batch_4"}
     archive = write_archive(tmp_path / "b", members)
     with pytest.raises(DataError, match="cifar-10-python.tar.gz.*data_batch_4"):
-        build_dataset(cfg(archive), "train", 256)
+        build_dataset(*cfg(archive), "train", 256)
 
 
 def test_damaged_archive_is_named(tmp_path: Path) -> None:
     archive = write_archive(tmp_path)
     archive.write_bytes(archive.read_bytes()[:300])
     with pytest.raises(DataError, match="cifar-10-python.tar.gz.*damaged"):
-        build_dataset(cfg(archive), "train", 256)
+        build_dataset(*cfg(archive), "train", 256)
 
 
 def test_no_data_and_no_download_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,9 +207,9 @@ def test_no_data_and_no_download_is_an_error(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(cifar_mod.urllib.request, "urlopen", no_network)
     with pytest.raises(DataError, match="download=True"):
-        build_dataset(cfg(tmp_path / "nothing"), "train", 256)
+        build_dataset(*cfg(tmp_path / "nothing"), "train", 256)
     with pytest.raises(DataError, match="needs data.path"):
-        build_dataset(cfg(None), "train", 256)
+        build_dataset(*cfg(None), "train", 256)
 
 
 class _FakeResponse(io.BytesIO):
@@ -221,8 +222,8 @@ def test_download_verifies_md5_without_network(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(cifar_mod.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(payload))
     dest = tmp_path / "dl"
     with pytest.raises(DataError, match="md5"):
-        build_dataset(cfg(dest, download=True), "train", 256)
+        build_dataset(*cfg(dest, download=True), "train", 256)
     assert not any(dest.iterdir())  # the partial file is gone
     monkeypatch.setattr(cifar_mod, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
-    ds = build_dataset(cfg(dest, download=True), "test", 256)
+    ds = build_dataset(*cfg(dest, download=True), "test", 256)
     assert len(ds) == N and (dest / "cifar-10-python.tar.gz").is_file()

@@ -41,22 +41,23 @@ def make_tree(root: Path, n: int = 10) -> list[Path]:
     return files
 
 
-def cfg(root: Path, **kw: object) -> DataConfig:
-    base = {"dataset": "folder", "path": str(root), "image_size": 8, "channels": 3, "held_out_fraction": 0.3}
-    return DataConfig(**{**base, **kw})  # type: ignore[arg-type]
+def cfg(root: Path, channels: int = 3, image_size: int = 8, **kw: object) -> tuple[DataConfig, tuple[int, ...]]:
+    """The data section and the sample shape (channels, size, size) a model would ask for."""
+    base = {"dataset": "folder", "path": str(root), "held_out_fraction": 0.3}
+    return DataConfig(**{**base, **kw}), (channels, image_size, image_size)  # type: ignore[arg-type]
 
 
 def test_split_is_a_fixed_disjoint_partition_of_sorted_files(tmp_path: Path) -> None:
     files = make_tree(tmp_path)
-    train, test = build_dataset(cfg(tmp_path), "train", 256), build_dataset(cfg(tmp_path), "test", 256)
+    train, test = build_dataset(*cfg(tmp_path), "train", 256), build_dataset(*cfg(tmp_path), "test", 256)
     assert (len(train), len(test)) == (7, 3)
     names = train.names + test.names  # type: ignore[attr-defined]
     assert sorted(names) == sorted(map(str, files))
     rel = [Path(p).relative_to(tmp_path).as_posix() for p in train.names]  # type: ignore[attr-defined]
     assert rel == sorted(rel)
-    again = build_dataset(cfg(tmp_path), "train", 256)
+    again = build_dataset(*cfg(tmp_path), "train", 256)
     assert all(torch.equal(again[i], train[i]) for i in range(len(train)))
-    other = build_dataset(cfg(tmp_path, split_seed=5), "test", 256)
+    other = build_dataset(*cfg(tmp_path, split_seed=5), "test", 256)
     assert other.names != test.names  # type: ignore[attr-defined]
 
 
@@ -97,11 +98,11 @@ def test_empty_or_missing_folder(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "readme.txt").write_text("x")
     with pytest.raises(DataError, match="empty.*no images found"):
-        build_dataset(cfg(tmp_path / "empty"), "train", 256)
+        build_dataset(*cfg(tmp_path / "empty"), "train", 256)
     with pytest.raises(DataError, match="missing.*not a folder"):
-        build_dataset(cfg(tmp_path / "missing"), "train", 256)
+        build_dataset(*cfg(tmp_path / "missing"), "train", 256)
     with pytest.raises(DataError, match="needs data.path"):
-        build_dataset(replace(cfg(tmp_path), path=None), "train", 256)
+        build_dataset(replace(cfg(tmp_path)[0], path=None), (3, 8, 8), "train", 256)
 
 
 def build_both(root: Path, **kw: object) -> list[ImageFolderDataset]:
@@ -154,15 +155,15 @@ def test_truncated_jpeg_fails_on_decode_naming_it(tmp_path: Path) -> None:
 def test_channels_and_levels_are_checked(tmp_path: Path) -> None:
     make_tree(tmp_path)
     with pytest.raises(DataError, match="channels"):
-        build_dataset(cfg(tmp_path, channels=2), "train", 256)
+        build_dataset(*cfg(tmp_path, channels=2), "train", 256)
     with pytest.raises(DataError, match="levels"):
-        build_dataset(cfg(tmp_path), "train", 1000)
+        build_dataset(*cfg(tmp_path), "train", 1000)
     with pytest.raises(DataError, match="split"):
-        build_dataset(cfg(tmp_path), "val", 256)  # type: ignore[arg-type]
+        build_dataset(*cfg(tmp_path), "val", 256)  # type: ignore[arg-type]
 
 
 def test_works_with_a_dataloader(tmp_path: Path) -> None:
     make_tree(tmp_path)
-    ds = build_dataset(cfg(tmp_path), "train", 256)
+    ds = build_dataset(*cfg(tmp_path), "train", 256)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch.shape == (4, 3, 8, 8) and batch.min() >= -1 and batch.max() <= 1

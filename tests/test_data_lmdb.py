@@ -38,9 +38,10 @@ def colors(n: int) -> dict[bytes, tuple[int, int, int]]:
     return {f"{i * 7919 % 1000:040x}".encode(): (i * 20 % 256, 100, 250 - i * 10) for i in range(n)}
 
 
-def cfg(path: Path, **kw: object) -> DataConfig:
-    base = {"dataset": "lmdb", "path": str(path), "image_size": 8, "channels": 3, "held_out_fraction": 0.25}
-    return DataConfig(**{**base, **kw})  # type: ignore[arg-type]
+def cfg(path: Path, channels: int = 3, image_size: int = 8, **kw: object) -> tuple[DataConfig, tuple[int, ...]]:
+    """The data section and the sample shape (channels, size, size) a model would ask for."""
+    base = {"dataset": "lmdb", "path": str(path), "held_out_fraction": 0.25}
+    return DataConfig(**{**base, **kw}), (channels, image_size, image_size)  # type: ignore[arg-type]
 
 
 def test_split_and_exact_values(tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_split_and_exact_values(tmp_path: Path) -> None:
     fmts = ["WEBP", "PNG"]
     db = make_db(tmp_path / "church_outdoor_train_lmdb",
                  {k: encode(c, fmts[i % 2]) for i, (k, c) in enumerate(cols.items())})
-    train, test = build_dataset(cfg(db), "train", 256), build_dataset(cfg(db), "test", 256)
+    train, test = build_dataset(*cfg(db), "train", 256), build_dataset(*cfg(db), "test", 256)
     assert (len(train), len(test)) == (9, 3)
     keys = [train.key(i) for i in range(9)] + [test.key(i) for i in range(3)]  # type: ignore[attr-defined]
     assert sorted(keys) == sorted(cols)
@@ -58,7 +59,7 @@ def test_split_and_exact_values(tmp_path: Path) -> None:
             assert x.shape == (3, 8, 8)
             for c, v in enumerate(cols[ds.key(i)]):  # type: ignore[attr-defined]
                 assert torch.all(x[c] == np.float32(2 * v / 255 - 1))
-    grey = build_dataset(cfg(db, channels=1), "test", 17)[0]
+    grey = build_dataset(*cfg(db, channels=1), "test", 17)[0]
     assert grey.shape == (1, 8, 8) and len(torch.unique(grey)) == 1
 
 
@@ -84,13 +85,13 @@ def test_bad_entries_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     found = []
     for split in ("train", "test"):
         try:
-            build_dataset(cfg(db), split, 256)  # type: ignore[arg-type]
+            build_dataset(*cfg(db), split, 256)  # type: ignore[arg-type]
         except DataError as e:
             found.append(str(e))
     assert any(str(db) in m and bad_key.decode() in m and "cannot decode" in m for m in found) or \
         any(small_key.decode() in m and "smaller than image_size=8" in m for m in found)
     with caplog.at_level(logging.WARNING, logger="ddpm.data"):
-        kept = [build_dataset(cfg(db), s, 256, skip_bad=True)  # type: ignore[arg-type]
+        kept = [build_dataset(*cfg(db), s, 256, skip_bad=True)  # type: ignore[arg-type]
                 for s in ("train", "test")]
     assert sum(len(d) for d in kept) == 6
     assert bad_key.decode() in caplog.text and small_key.decode() in caplog.text
@@ -98,18 +99,18 @@ def test_bad_entries_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 
 def test_missing_empty_or_not_lmdb(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.*no such LMDB"):
-        build_dataset(cfg(tmp_path / "nope"), "train", 256)
+        build_dataset(*cfg(tmp_path / "nope"), "train", 256)
     empty = make_db(tmp_path / "empty", {})
     with pytest.raises(DataError, match="empty.*no entries"):
-        build_dataset(cfg(empty), "train", 256)
+        build_dataset(*cfg(empty), "train", 256)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "data.mdb").write_bytes(b"\0" * 100)
     with pytest.raises(DataError, match="junk"):
-        build_dataset(cfg(tmp_path / "junk"), "train", 256)
+        build_dataset(*cfg(tmp_path / "junk"), "train", 256)
 
 
 def test_missing_lmdb_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = make_db(tmp_path / "db", {k: encode(c, "PNG") for k, c in colors(4).items()})
     monkeypatch.setitem(sys.modules, "lmdb", None)
     with pytest.raises(DataError, match="pip install lmdb"):
-        build_dataset(cfg(db), "train", 256)
+        build_dataset(*cfg(db), "train", 256)

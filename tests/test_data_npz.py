@@ -12,9 +12,10 @@ from ddpm.config import DataConfig
 from ddpm.data import DataError, build_dataset
 
 
-def cfg(path: Path, **kw: object) -> DataConfig:
-    base = {"dataset": "npz", "path": str(path), "image_size": 8, "channels": 3, "held_out_fraction": 0.2}
-    return DataConfig(**{**base, **kw})  # type: ignore[arg-type]
+def cfg(path: Path, channels: int = 3, image_size: int = 8, **kw: object) -> tuple[DataConfig, tuple[int, ...]]:
+    """The data section and the sample shape (channels, size, size) a model would ask for."""
+    base = {"dataset": "npz", "path": str(path), "held_out_fraction": 0.2}
+    return DataConfig(**{**base, **kw}), (channels, image_size, image_size)  # type: ignore[arg-type]
 
 
 def images(n: int = 10, shape: tuple[int, ...] = (8, 8, 3), seed: int = 0) -> np.ndarray:
@@ -28,8 +29,8 @@ def test_layouts_give_exact_values(tmp_path: Path, layout: str) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, **({"arr_0": stored} if layout == "single_other_key" else {"images": stored}))
     channels = 1 if layout == "nhw" else 3
-    train = build_dataset(cfg(path, channels=channels), "train", 256)
-    test = build_dataset(cfg(path, channels=channels), "test", 256)
+    train = build_dataset(*cfg(path, channels=channels), "train", 256)
+    test = build_dataset(*cfg(path, channels=channels), "test", 256)
     assert (len(train), len(test)) == (8, 2)
     got = torch.stack([train[i] for i in range(8)] + [test[i] for i in range(2)])
     want = a.transpose(0, 3, 1, 2)[:, :channels]
@@ -48,7 +49,7 @@ def test_own_split_labels_and_levels(tmp_path: Path) -> None:
     tr, te = images(6), images(3, seed=1)
     path = tmp_path / "own.npz"
     np.savez(path, train_images=tr, test_images=te, train_labels=np.arange(6), test_labels=np.arange(3) + 10)
-    train, test = build_dataset(cfg(path), "train", 17), build_dataset(cfg(path), "test", 17)
+    train, test = build_dataset(*cfg(path), "train", 17), build_dataset(*cfg(path), "test", 17)
     assert (len(train), len(test)) == (6, 3)
     assert test.labels.tolist() == [10, 11, 12]  # type: ignore[attr-defined]
     k = (2 * te[1].astype(int) * 16 + 255) // 510
@@ -58,7 +59,7 @@ def test_own_split_labels_and_levels(tmp_path: Path) -> None:
 def test_resize_and_grey(tmp_path: Path) -> None:
     path = tmp_path / "big.npz"
     np.savez(path, images=np.full((5, 20, 30, 3), 90, dtype=np.uint8))
-    x = build_dataset(cfg(path, channels=1), "train", 256)[0]
+    x = build_dataset(*cfg(path, channels=1), "train", 256)[0]
     assert x.shape == (1, 8, 8) and torch.all(x == np.float32(2 * 90 / 255 - 1))
 
 
@@ -77,15 +78,15 @@ def test_bad_content_names_file_and_key(tmp_path: Path, content: dict[str, np.nd
     path = tmp_path / "bad_file.npz"
     np.savez(path, **content)
     with pytest.raises(DataError, match=rf"bad_file\.npz.*{match}"):
-        build_dataset(cfg(path), "train", 256)
+        build_dataset(*cfg(path), "train", 256)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match=r"junk\.npz.*cannot read"):
-        build_dataset(cfg(tmp_path / "junk.npz"), "train", 256)
+        build_dataset(*cfg(tmp_path / "junk.npz"), "train", 256)
     np.save(tmp_path / "one.npy", images())
     with pytest.raises(DataError, match=r"one\.npy.*not an \.npz"):
-        build_dataset(cfg(tmp_path / "one.npy"), "train", 256)
+        build_dataset(*cfg(tmp_path / "one.npy"), "train", 256)
     with pytest.raises(DataError, match=r"missing\.npz.*no such"):
-        build_dataset(cfg(tmp_path / "missing.npz"), "train", 256)
+        build_dataset(*cfg(tmp_path / "missing.npz"), "train", 256)

@@ -11,7 +11,7 @@ import torch
 
 from _eval_tiny import make_checkpoint, one_thread, read_csv, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
-from ddpm.data import build_dataset
+from ddpm.data import dataset_for
 from ddpm.evaluation.figures import open_png
 from ddpm.evaluation.nll import bound_totals, merge_totals
 from ddpm.loading import load_model
@@ -25,7 +25,7 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def test_images(ckpt):
     m = load_model(ckpt)
-    return m, build_dataset(m.config.data, "test", m.config.diffusion.levels)
+    return m, dataset_for(m.config, "test")
 
 
 def test_terms_add_up_and_do_not_depend_on_batching(test_images):
@@ -108,7 +108,7 @@ def test_steps_gives_the_bound_of_the_respaced_chain(ckpt, tmp_path):
     s = json.loads((out / "nll.json").read_text())
     assert s["T"] == 5 and len(read_csv(out / "terms.csv")) == 5
     m = load_model(ckpt)
-    ds = build_dataset(m.config.data, "test", m.config.diffusion.levels)
+    ds = dataset_for(m.config, "test")
     respaced = bound_totals(m, m.diffusion.respaced(spaced_steps(20, 5)), ds, range(4), seed=0, t_per_batch=5)
     full = bound_totals(m, m.diffusion, ds, range(4), seed=0, t_per_batch=10)
     assert s["nll_bits_per_dim"] == pytest.approx(respaced.total_bpd.mean().item(), rel=1e-5)

@@ -36,7 +36,7 @@ def test_rate_and_distortion_of_a_hand_made_model():
     c_t is x₀'s weight in μ̃_t (Eq. 7) and r = β̃_t/β_t (σ_t² = β_t against the posterior's β̃_t).
     """
     diffusion = GaussianDiffusion.from_config(DiffusionConfig(T=20, beta_end=0.2, levels=17))
-    data = build_dataset(DataConfig(), "test", 17)
+    data = build_dataset(DataConfig(), (1, 8, 8), "test", 17)
     n = 60
     r = rate_distortion(zero_eps, diffusion, data, range(n), seed=0, batch_size=30, t_per_batch=20,
                         clip_denoised=False)

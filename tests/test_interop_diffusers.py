@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.config import DiffusionConfig, UNetConfig, network_out_channels
 from ddpm.interop.diffusers import (
     DiffusersFormatError,
     load_diffusers,
@@ -193,10 +193,9 @@ def test_diffusion_config_round_trip(diffusion: DiffusionConfig, tmp_path: Path)
         attn_resolutions=(4,),
         dropout=0.1,
         num_groups=8,
-        learn_sigma=diffusion.learn_sigma,
     )
     torch.manual_seed(0)
-    state = UNet(cfg).state_dict()
+    state = UNet(cfg, network_out_channels(cfg, diffusion)).state_dict()
     out = save_diffusers(tmp_path, cfg, diffusion, state)
     again = load_diffusers(out)
     assert again.model == cfg and again.diffusion == diffusion
@@ -268,9 +267,8 @@ def test_missing_defaults_are_diffusers_defaults() -> None:
     with pytest.raises(ValueError, match="flip_sin_to_cos=True"):
         unet_config_from_diffusers(cfg)
     assert unet_config_from_diffusers(CIFAR10_CONFIG) == UNetConfig(dropout=0.0)
-    assert unet_config_from_diffusers({**CIFAR10_CONFIG, "out_channels": 6}) == UNetConfig(
-        dropout=0.0, learn_sigma=True
-    )
+    # Σ outputs: the same network config; the scheduler's variance_type says Σ is learned (checked on load)
+    assert unet_config_from_diffusers({**CIFAR10_CONFIG, "out_channels": 6}) == UNetConfig(dropout=0.0)
 
 
 @pytest.mark.parametrize(
@@ -313,8 +311,8 @@ def test_export_rejects_inconsistent_configs(tmp_path: Path) -> None:
         num_groups=8,
     )
     state = UNet(cfg).state_dict()
-    with pytest.raises(DiffusersFormatError, match="learn_sigma"):
-        save_diffusers(tmp_path, cfg, DiffusionConfig(var_type="learned", loss_type="vlb"), state)
+    with pytest.raises(DiffusersFormatError, match=r"conv_out.weight: \(1, 16, 3, 3\) != expected \(2, 16, 3, 3\)"):
+        save_diffusers(tmp_path, cfg, DiffusionConfig(var_type="learned", loss_type="vlb"), state)  # no Σ outputs
     with pytest.raises(DiffusersFormatError, match="mean_type='mu'"):
         save_diffusers(tmp_path, cfg, DiffusionConfig(mean_type="mu", loss_type="mu_mse"), state)
     with pytest.raises(DiffusersFormatError, match="attn_resolutions"):

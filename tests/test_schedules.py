@@ -42,6 +42,8 @@ def test_derived_tables_match_their_definitions():
     assert s.beta_tilde[0] == 0
     assert torch.allclose(s.beta_tilde_log_clipped[1:], bt[1:].log())
     assert s.beta_tilde_log_clipped[0] == bt[1].log()
+    assert torch.allclose(s.beta_log, b.log())
+    assert torch.allclose(s.beta_log_clipped[1:], b[1:].log()) and s.beta_log_clipped[0] == bt[1].log()
     assert torch.allclose(s.posterior_coef_x0, s.alpha_bar_prev.sqrt() * b / (1 - ab))
     assert torch.allclose(s.posterior_coef_xt, (1 - b).sqrt() * (1 - s.alpha_bar_prev) / (1 - ab))
     assert torch.allclose(s.sqrt_recip_alpha_bar * s.sqrt_alpha_bar, torch.ones_like(ab))

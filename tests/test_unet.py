@@ -24,14 +24,14 @@ SMALL = UNetConfig(
 UNET_PRESETS = sorted(name for name, run in PRESETS.items() if isinstance(run.model, UNetConfig))
 
 
-def _diffusers_kwargs(cfg: UNetConfig) -> dict:
+def _diffusers_kwargs(cfg: UNetConfig, out_channels: int | None = None) -> dict:
     """UNet2DModel arguments for the same network, written out here independently of ddpm.interop."""
     levels = len(cfg.channel_mults)
     attn = [cfg.image_size // 2**i in cfg.attn_resolutions for i in range(levels)]
     return dict(
         sample_size=cfg.image_size,
         in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
+        out_channels=cfg.in_channels if out_channels is None else out_channels,
         block_out_channels=tuple(cfg.base_channels * m for m in cfg.channel_mults),
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
@@ -47,10 +47,10 @@ def _diffusers_kwargs(cfg: UNetConfig) -> dict:
 
 
 @pytest.mark.parametrize(
-    "cfg",
+    "cfg,out_channels",
     [
-        SMALL,
-        UNetConfig(
+        (SMALL, None),
+        (UNetConfig(
             image_size=16,
             in_channels=3,
             base_channels=32,
@@ -58,9 +58,8 @@ def _diffusers_kwargs(cfg: UNetConfig) -> dict:
             num_res_blocks=1,
             attn_resolutions=(8,),
             num_groups=8,
-            learn_sigma=True,
-        ),
-        UNetConfig(
+        ), 6),  # a learned Σ: twice the input channels
+        (UNetConfig(
             image_size=8,
             in_channels=1,
             base_channels=16,
@@ -69,8 +68,8 @@ def _diffusers_kwargs(cfg: UNetConfig) -> dict:
             attn_resolutions=(8, 4, 2),
             dropout=0.0,
             num_groups=4,
-        ),
-        UNetConfig(
+        ), None),
+        (UNetConfig(
             image_size=4,
             in_channels=2,
             base_channels=8,
@@ -78,19 +77,18 @@ def _diffusers_kwargs(cfg: UNetConfig) -> dict:
             num_res_blocks=1,
             attn_resolutions=(),
             num_groups=4,
-            learn_sigma=True,
-        ),
+        ), 4),
     ],
     ids=["small", "learn_sigma", "grey-3-levels", "one-level"],
 )
 @pytest.mark.parametrize("time_dtype", [torch.long, torch.float32])
-def test_output_shape(cfg: UNetConfig, time_dtype: torch.dtype) -> None:
+def test_output_shape(cfg: UNetConfig, out_channels: int | None, time_dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    net = UNet(cfg)
+    net = UNet(cfg, out_channels)
     x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
     t = torch.tensor([0, 5, 999]).to(time_dtype)
     out = net(x, t)
-    expected_channels = 2 * cfg.in_channels if cfg.learn_sigma else cfg.in_channels
+    expected_channels = cfg.in_channels if out_channels is None else out_channels
     assert out.shape == (3, expected_channels, cfg.image_size, cfg.image_size)
     assert out.dtype == torch.float32 and out.is_contiguous() and torch.isfinite(out).all()
 
@@ -159,9 +157,8 @@ def test_gradient_reaches_every_parameter() -> None:
         attn_resolutions=(16, 8),
         dropout=0.1,
         num_groups=8,
-        learn_sigma=True,
     )
-    net = UNet(cfg).train()
+    net = UNet(cfg, out_channels=6).train()  # with Σ outputs
     with torch.no_grad():
         for p in net.parameters():  # away from the ~zero official init, so every path carries gradient
             p.normal_(0.0, 0.2)

@@ -16,8 +16,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 ScheduleName = Literal["linear", "quadratic", "constant", "cosine"]
 MeanType = Literal["eps", "x0", "mu"]  # what the network predicts (Table 2)
 VarType = Literal["fixed_beta", "fixed_beta_tilde", "learned", "learned_range"]  # Σ_θ (Sec. 3.2)
+LEARNED_VAR_TYPES = ("learned", "learned_range")  # the network outputs Σ_θ too
 LossType = Literal["simple", "vlb", "hybrid", "mu_mse"]  # Eq. 14, Eq. 5, Nichol & Dhariwal, Table 2
 DatasetName = Literal["digits", "cifar10", "folder", "lmdb", "npz", "toy2d"]
+
+# The DiffusionConfig fields each β schedule reads (ddpm.schedules.make_betas); an option a schedule does not
+# read is refused when given, rather than silently ignored.
+SCHEDULE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "linear": ("beta_start", "beta_end"), "quadratic": ("beta_start", "beta_end"),
+    "constant": ("beta_end",), "cosine": (),
+}
 
 
 class ConfigError(ValueError):
@@ -110,11 +118,11 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)       # resolutions that get self-attention
     dropout: float = 0.1                            # dropout inside residual blocks
     num_groups: int = 32                            # GroupNorm groups
-    learn_sigma: bool = False                       # output 2x channels (mean and Σ outputs)
 
     @property
-    def out_channels(self) -> int:
-        return self.in_channels * (2 if self.learn_sigma else 1)
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one x_t: (channels, image_size, image_size)."""
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 @dataclass(frozen=True)
@@ -126,11 +134,11 @@ class MLPConfig:
     hidden: int = 128           # hidden width
     depth: int = 3              # hidden layers
     time_embed_dim: int = 64    # sinusoidal embedding width
-    learn_sigma: bool = False   # output 2x dims (mean and Σ outputs)
 
     @property
-    def out_channels(self) -> int:
-        return self.dim * (2 if self.learn_sigma else 1)
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one x_t: (dim,)."""
+        return (self.dim,)
 
 
 ModelConfig = UNetConfig | MLPConfig
@@ -142,8 +150,8 @@ class DiffusionConfig:
 
     schedule: ScheduleName = "linear"   # β schedule
     T: int = 1000                       # number of diffusion steps
-    beta_start: float = 1e-4            # β_1 (linear, quadratic); β for "constant"
-    beta_end: float = 0.02              # β_T (linear, quadratic)
+    beta_start: float = 1e-4            # β_1 (linear, quadratic; see SCHEDULE_PARAMETERS)
+    beta_end: float = 0.02              # β_T (linear, quadratic); β_t for every t ("constant")
     mean_type: MeanType = "eps"         # network predicts ε (Eq. 11), x₀ or μ̃
     var_type: VarType = "fixed_beta"    # σ_t² = β_t, β̃_t, or learned
     loss_type: LossType = "simple"      # L_simple (Eq. 14) by default
@@ -152,17 +160,21 @@ class DiffusionConfig:
 
     @property
     def learn_sigma(self) -> bool:
-        return self.var_type in ("learned", "learned_range")
+        """Whether the network outputs Σ_θ too (Sec. 3.2): the one place that decides its output channels."""
+        return self.var_type in LEARNED_VAR_TYPES
+
+
+def network_out_channels(model: ModelConfig, diffusion: DiffusionConfig) -> int:
+    """Output channels of the network: its prediction of ε, x₀ or μ̃, and as many again when Σ_θ is learned."""
+    return model.sample_shape[0] * (2 if diffusion.learn_sigma else 1)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they are prepared."""
+    """Where the images come from and how they are prepared (their shape is the model's ``sample_shape``)."""
 
     dataset: DatasetName = "digits"     # which loader
     path: str | None = None             # archive, folder, LMDB or .npz path (None: built-in data)
-    image_size: int = 8                 # images are center-cropped and resized to this size
-    channels: int = 1                   # 1 (grey) or 3 (RGB)
     random_flip: bool = False           # random horizontal flips during training
     held_out_fraction: float = 0.1      # test split for data without one, fixed by `split_seed`
     split_seed: int = 0                 # seed of the fixed held-out split
@@ -203,12 +215,18 @@ class RunConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def network_out_channels(self) -> int:
+        """Output channels of this run's network (see ``network_out_channels``)."""
+        return network_out_channels(self.model, self.diffusion)
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return from_dict(cls, d)
+        """A run config from JSON; configs written before the shape lived on the model alone are migrated."""
+        return from_dict(cls, migrate(d))
 
 
 _SECTION_TYPES: dict[str, tuple[type, ...]] = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,),
@@ -255,8 +273,6 @@ def _check_values(cfg: RunConfig) -> None:
     check_float("diffusion.hybrid_lambda", d.hybrid_lambda, 0.0)  # λ = 0 is L_simple alone
     check_int("diffusion.levels", d.levels, 2)
     a = cfg.data
-    check_int("data.image_size", a.image_size, 1)
-    check_int("data.channels", a.channels, 1)
     # the same rule as ddpm.data.base.held_out_indices, checked here before any data is read
     check_float("data.held_out_fraction", a.held_out_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     check_seed("data.split_seed", a.split_seed)
@@ -280,11 +296,6 @@ def validate(cfg: RunConfig) -> None:
     """Raise ConfigError naming the option when the run configuration is inconsistent."""
     _check_values(cfg)
     d, m = cfg.diffusion, cfg.model
-    if d.learn_sigma != m.learn_sigma:
-        raise ConfigError(
-            f"model.learn_sigma={m.learn_sigma} contradicts diffusion.var_type={d.var_type!r}: "
-            "a learned Σ needs a network with twice the output channels"
-        )
     if d.learn_sigma and d.loss_type in ("simple", "mu_mse"):
         raise ConfigError(
             f"diffusion.loss_type={d.loss_type!r} gives no gradient to a learned Σ "
@@ -292,15 +303,10 @@ def validate(cfg: RunConfig) -> None:
         )
     if d.loss_type == "mu_mse" and d.mean_type != "mu":
         raise ConfigError("diffusion.loss_type='mu_mse' is the μ̃-prediction baseline: set mean_type='mu'")
+    if cfg.data.dataset == "toy2d" and m.sample_shape != (2,):
+        raise ConfigError(f"data.dataset='toy2d' holds 2-D points, but the model's samples have shape "
+                          f"{m.sample_shape}: use an MLP model with dim=2 (the toy2d preset)")
     if isinstance(m, UNetConfig):
-        if m.in_channels != cfg.data.channels:
-            raise ConfigError(
-                f"model.in_channels={m.in_channels} differs from data.channels={cfg.data.channels}"
-            )
-        if m.image_size != cfg.data.image_size:
-            raise ConfigError(
-                f"model.image_size={m.image_size} differs from data.image_size={cfg.data.image_size}"
-            )
         factor = 2 ** (len(m.channel_mults) - 1)
         if m.image_size % factor:
             raise ConfigError(
@@ -383,17 +389,56 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "config") -> Any:
     return cls(**kwargs)
 
 
-_LINKED = {
-    "image_size": (("model", "image_size"), ("data", "image_size")),
-    "channels": (("model", "in_channels"), ("data", "channels")),
+# Another name for a field: ``channels`` is the images' channel count, which the U-Net calls in_channels.
+_ALIASES = {"channels": "model.in_channels"}
+
+# Fields that configs written before ddpm 0.2 held, and where each fact lives now.
+_MOVED = {
+    "data.image_size": "model.image_size",
+    "data.channels": "model.in_channels",
+    "model.learn_sigma": "diffusion.var_type",
 }
+
+
+def migrate(d: Any) -> Any:
+    """An older run config dict in today's layout: the moved fields dropped once they agree with their home.
+
+    Before ddpm 0.2 the image size and channels were stored on both the model and the data, and the network's
+    learned Σ on both the model (``learn_sigma``) and the diffusion (``var_type``); a stored pair that disagrees
+    was never a valid run, and is refused naming both fields.
+    """
+    if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "data", "diffusion")):
+        return d  # from_dict names what is wrong with it
+    model, data = dict(d.get("model", {})), dict(d.get("data", {}))
+    sections = {"model": model, "data": data}
+    default_model = UNetConfig() if model.get("kind", "unet") == "unet" else MLPConfig()
+    for old, new in _MOVED.items():
+        sec, name = old.split(".")
+        if name not in sections[sec]:
+            continue
+        value = sections[sec].pop(name)
+        if old == "model.learn_sigma":
+            var_type = d.get("diffusion", {}).get("var_type", DiffusionConfig.var_type)
+            if value != (var_type in LEARNED_VAR_TYPES):
+                raise ConfigError(f"this config's model.learn_sigma={shown(value)} contradicts diffusion.var_type="
+                                  f"{shown(var_type)}; learn_sigma is no longer stored (var_type alone decides it)")
+            continue
+        if default_model.kind == "mlp":
+            if old == "data.image_size":
+                continue  # toy points had image_size 1: no model field holds it
+            new = "model.dim"  # a point's channels are its dimensions
+        now = model.get(new.split(".")[1], getattr(default_model, new.split(".")[1]))
+        if value != now:
+            raise ConfigError(f"this config's {old}={shown(value)} contradicts {new}={shown(now)}; {old} is no "
+                              f"longer stored ({new} alone decides it)")
+    return {**d, **{k: v for k, v in sections.items() if k in d}}
 
 
 def override(cfg: RunConfig, **changes: Any) -> RunConfig:
     """Return ``cfg`` with fields replaced by name; a name may be bare (``lr``) or dotted (``train.lr``).
 
-    A bare name must belong to exactly one section; ``image_size`` and ``channels`` set both the
-    model and the data, and a new ``var_type`` sets ``model.learn_sigma`` to match.
+    A bare name must belong to exactly one section; ``channels`` is ``model.in_channels``. A field that moved
+    (``data.image_size``) is refused naming its home, and a β parameter the schedule does not read is refused.
     """
     sections = {"model": cfg.model, "diffusion": cfg.diffusion, "data": cfg.data, "train": cfg.train}
     updates: dict[str, dict[str, Any]] = {k: {} for k in sections}
@@ -408,10 +453,12 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
         updates[sec][name] = value
 
     for key, value in changes.items():
-        if key in _LINKED:  # one value that two sections must agree on
-            for sec, name in _LINKED[key]:
-                if name in {f.name for f in fields(sections[sec])}:
-                    put(sec, name, key, value)
+        if key in _MOVED:
+            raise ConfigError(f"option {key!r} is now {_MOVED[key]!r}" + (
+                " (a learned Σ is var_type 'learned' or 'learned_range')" if key == "model.learn_sigma" else ""))
+        if key in _ALIASES and isinstance(cfg.model, UNetConfig):
+            sec, name = _ALIASES[key].split(".")
+            put(sec, name, key, value)
             continue
         if "." in key:
             sec, name = key.split(".", 1)
@@ -425,13 +472,11 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             name = key
             owners = [s for s, obj in sections.items() if name in {f.name for f in fields(obj)}]
         if not owners:
-            raise ConfigError(f"unknown option {key!r}")
+            moved = [old for old in _MOVED if old.split(".")[1] == name]
+            raise ConfigError(f"unknown option {key!r}" + (f" ({moved[0]} is now {_MOVED[moved[0]]})" if moved else ""))
         if len(owners) > 1:
             raise ConfigError(f"option {key!r} is ambiguous: use one of {[f'{o}.{name}' for o in owners]}")
         put(owners[0], name, key, value)
-    if "var_type" in updates["diffusion"] and "learn_sigma" not in updates["model"]:
-        # a learned Σ decides the network's output channels: keep the two in step
-        updates["model"]["learn_sigma"] = updates["diffusion"]["var_type"] in ("learned", "learned_range")
     new_sections = {}
     for sec, obj in sections.items():
         if updates[sec]:
@@ -439,7 +484,54 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             new_sections[sec] = from_dict(type(obj), merged, sec)
         else:
             new_sections[sec] = obj
+    schedule = new_sections["diffusion"].schedule
+    for name in ("beta_start", "beta_end"):
+        if name in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule]:
+            raise ConfigError(f"{given['diffusion', name]} is not used by diffusion.schedule={schedule!r}, which "
+                              f"takes {', '.join(SCHEDULE_PARAMETERS[schedule]) or 'no β parameter'}")
     return RunConfig(name=top.get("name", cfg.name), **new_sections)
+
+
+# --- resuming: what may change between the checkpoint and the resumed run ---------------------
+
+# fields that may change when a run is resumed: they do not change what is being trained
+RESUMABLE_CHANGES = {
+    "train.total_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.num_workers", "train.compile", "data.path", "data.download",
+}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def check_resume_config(requested: RunConfig, saved: dict[str, Any]) -> None:
+    """A resumed run must train the same thing: differences outside RESUMABLE_CHANGES are an error.
+
+    ``saved`` is the checkpoint's config dict, in the layout of the ddpm that wrote it (migrated first).
+    """
+    saved = migrate(saved)
+    diffs = [d for d in config_differences(requested.to_dict(), saved) if d not in RESUMABLE_CHANGES]
+    if diffs:
+        raise ConfigError(
+            "the config contradicts the checkpoint being resumed in "
+            + ", ".join(f"{d} (checkpoint: {_lookup(saved, d)!r})" for d in diffs)
+        )
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+    return d
 
 
 # --- presets: the paper's runs (Appendix B) and CPU-scale runs ----------------------------------
@@ -449,7 +541,7 @@ def _unet256(name: str, steps: int, flip: bool, var_type: VarType) -> RunConfig:
         name=name,
         model=UNetConfig(image_size=256, channel_mults=(1, 1, 2, 2, 4, 4), dropout=0.0),
         diffusion=DiffusionConfig(var_type=var_type),
-        data=DataConfig(dataset="folder", image_size=256, channels=3, random_flip=flip),
+        data=DataConfig(dataset="folder", random_flip=flip),
         train=TrainConfig(lr=2e-5, batch_size=64, total_steps=steps),
     )
 
@@ -459,7 +551,7 @@ PRESETS: dict[str, RunConfig] = {
         name="cifar10",
         model=UNetConfig(),  # 35.7M parameters
         diffusion=DiffusionConfig(),
-        data=DataConfig(dataset="cifar10", image_size=32, channels=3, random_flip=True),
+        data=DataConfig(dataset="cifar10", random_flip=True),
         train=TrainConfig(lr=2e-4, batch_size=128, total_steps=800_000),
     ),
     # 114M parameters each; the paper trained CelebA-HQ 0.5M, church 1.2M, bedroom 2.4M, cat 1.8M steps.
@@ -474,7 +566,7 @@ PRESETS: dict[str, RunConfig] = {
         model=UNetConfig(image_size=8, in_channels=1, base_channels=32, channel_mults=(1, 2, 2),
                          attn_resolutions=(4,), dropout=0.0, num_groups=8),
         diffusion=DiffusionConfig(levels=17),
-        data=DataConfig(dataset="digits", image_size=8, channels=1, random_flip=False),
+        data=DataConfig(dataset="digits", random_flip=False),
         train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=2500,
                           log_every=50, sample_every=0, checkpoint_every=500),
     ),
@@ -482,7 +574,7 @@ PRESETS: dict[str, RunConfig] = {
         name="toy2d",
         model=MLPConfig(),
         diffusion=DiffusionConfig(T=100, beta_start=1e-3, beta_end=0.1),
-        data=DataConfig(dataset="toy2d", image_size=1, channels=2),
+        data=DataConfig(dataset="toy2d"),
         train=TrainConfig(lr=1e-3, batch_size=256, warmup_steps=100, ema_decay=0.995, total_steps=3000,
                           log_every=100, sample_every=0, checkpoint_every=1000),
     ),

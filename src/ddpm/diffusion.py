@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .config import ConfigError, DiffusionConfig, LossType, MeanType, VarType
+from .config import LEARNED_VAR_TYPES, ConfigError, DiffusionConfig, LossType, MeanType, VarType
 from .likelihood import (
     discretized_gaussian_log_likelihood,
     gaussian_log_density,
@@ -130,9 +130,7 @@ def reverse_log_variance(s: Schedule, var_type: VarType, x_t: Tensor, t: Tensor,
     """log σ_t² of p_θ: fixed to β_t or β̃_t (Sec. 3.2), or learned from the network's extra channels."""
     n, dt = x_t.ndim, x_t.dtype
     if var_type == "fixed_beta":
-        # σ² = β_t, but β̃_2 at t = 1 (as the official code) so the decoder's scale is not too large
-        log_beta = torch.log(torch.cat([s.beta_tilde[1:2], s.betas[1:]])) if s.T > 1 else torch.log(s.betas)
-        return gather(log_beta, t, n, dt).expand_as(x_t)
+        return gather(s.beta_log_clipped, t, n, dt).expand_as(x_t)
     if var_type == "fixed_beta_tilde":
         return gather(s.beta_tilde_log_clipped, t, n, dt).expand_as(x_t)
     assert var_output is not None, "a learned Σ needs the network's variance channels"
@@ -141,7 +139,7 @@ def reverse_log_variance(s: Schedule, var_type: VarType, x_t: Tensor, t: Tensor,
     if var_type == "learned_range":
         # Nichol & Dhariwal: interpolate log β̃_t and log β_t with v ∈ [-1, 1]
         frac = (var_output + 1) / 2
-        return frac * gather(torch.log(s.betas), t, n, dt) + (1 - frac) * gather(s.beta_tilde_log_clipped, t, n, dt)
+        return frac * gather(s.beta_log, t, n, dt) + (1 - frac) * gather(s.beta_tilde_log_clipped, t, n, dt)
     raise ValueError(f"unknown var_type {var_type!r}")
 
 
@@ -149,7 +147,7 @@ def p_mean_var_from_output(s: Schedule, mean_type: MeanType, var_type: VarType, 
                            t: Tensor, clip_denoised: bool = False) -> PMeanVar:
     """p_θ(x_{t−1}|x_t) from the network's raw output for each parameterization of Table 2."""
     C = x_t.shape[1]
-    learned = var_type in ("learned", "learned_range")
+    learned = var_type in LEARNED_VAR_TYPES
     expected = 2 * C if learned else C
     if output.shape[1] != expected or output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:]:
         raise ValueError(
@@ -227,7 +225,7 @@ class GaussianDiffusion:
 
     @property
     def learn_sigma(self) -> bool:
-        return self.var_type in ("learned", "learned_range")
+        return self.var_type in LEARNED_VAR_TYPES
 
     def respaced(self, use_steps: list[int]) -> GaussianDiffusion:
         """The same model on a shorter chain through paper-time steps ``use_steps``."""

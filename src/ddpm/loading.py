@@ -20,7 +20,7 @@ from torch import nn
 from .checkpoint import FILES, META, CheckpointError, inspect_checkpoint, load_checkpoint
 from .config import MAX_IMAGE_SIZE, ConfigError, MLPConfig, ModelConfig, RunConfig, UNetConfig
 from .diffusion import GaussianDiffusion
-from .nets import build_model
+from .nets import network_for
 from .nets.precision import in_bfloat16
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -41,6 +41,11 @@ class LoadedModel:
 
     def __call__(self, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         return (in_bfloat16(self.net) if self.bf16 else self.net)(x_t, steps)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: (C, H, W) for an image model, (D,) for a point model."""
+        return self.config.model.sample_shape
 
 
 def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
@@ -64,38 +69,38 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     if bad:
         raise CheckpointError(f"{file} holds non-float tensors {_listed(bad)} (dtype {header[bad[0]][0]}); "
                               "network weights are floats")
-    net = meta_network(cfg.model, {k: shape for k, (_, shape) in header.items()}, str(file))
+    net = meta_network(cfg, {k: shape for k, (_, shape) in header.items()}, str(file))
     ckpt = load_checkpoint(info.path)  # hashes verified; tensors are what the files hold
     state = ckpt.ema if used == "ema" else ckpt.model
     assert state is not None  # "ema" is used only when the checkpoint lists ema.safetensors
-    net = materialize(cfg.model, net, state, str(file), device)
+    net = materialize(cfg, net, state, str(file), device)
     return LoadedModel(net.eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, ckpt.step, used)
 
 
 def _check_activation_sizes(cfg: RunConfig, where: Path) -> None:
     """Fields that size samples and activations but no weight, so the header comparison cannot catch them."""
     sizes = [("model.image_size", cfg.model.image_size, MAX_IMAGE_SIZE)] if isinstance(cfg.model, UNetConfig) else []
-    sizes += [("data.image_size", cfg.data.image_size, MAX_IMAGE_SIZE), ("diffusion.levels", cfg.diffusion.levels, 256)]
+    sizes += [("diffusion.levels", cfg.diffusion.levels, 256)]
     for name, value, hi in sizes:
         if value > hi:  # levels: pixels are uint8 (ddpm.data.levels); image size: see MAX_IMAGE_SIZE
             raise CheckpointError(f"{where}: {name} must be at most {hi}, got {value}")
 
 
-def meta_network(cfg: ModelConfig, shapes: Shapes, what: str) -> nn.Module:
-    """The network ``cfg`` describes, on the meta device, checked against ``shapes`` (name -> shape) of ``what``.
+def meta_network(cfg: RunConfig, shapes: Shapes, what: str) -> nn.Module:
+    """The network of run ``cfg``, on the meta device, checked against ``shapes`` (name -> shape) of ``what``.
 
     Building on meta allocates no tensor memory, but each parameter is still a Python object: the build is
     stopped once it registers far more tensors than ``shapes`` holds (num_res_blocks 10⁷ would otherwise take
     minutes and gigabytes before any comparison). Any difference is one CheckpointError listing them.
     """
     limit = 2 * len(shapes) + 64  # slack for a module that registers a name twice; the exact check follows
-    least = _least_tensors(cfg)
+    least = _least_tensors(cfg.model)
     if least > limit:  # before building: the U-Net's constructor makes lists of num_res_blocks entries
         raise CheckpointError(f"{what} does not fit the network its config describes: the config asks for at "
                               f"least {least} tensors, the file holds {len(shapes)}")
     try:
         with tensor_budget(limit, what, len(shapes)), torch.device("meta"):
-            net = build_model(cfg)
+            net = network_for(cfg)
     except (ValueError, TypeError, RuntimeError) as e:  # e.g. GroupNorm groups that do not divide the channels
         if isinstance(e, CheckpointError):
             raise
@@ -107,14 +112,14 @@ def meta_network(cfg: ModelConfig, shapes: Shapes, what: str) -> nn.Module:
     return net
 
 
-def materialize(cfg: ModelConfig, net: nn.Module, state: Mapping[str, torch.Tensor], what: str,
+def materialize(cfg: RunConfig, net: nn.Module, state: Mapping[str, torch.Tensor], what: str,
                 device: str | torch.device = "cpu") -> nn.Module:
     """``net`` (``cfg`` built by ``meta_network``) allocated on ``device`` and filled from ``state``."""
     persistent = set(net.state_dict())
     everything = {n for n, _ in net.named_parameters()} | {n for n, _ in net.named_buffers()}
     if everything - persistent:  # a non-persistent buffer is not in the file: build for real to compute it
         with torch.device(device):
-            net = build_model(cfg)
+            net = network_for(cfg)
     else:
         net = net.to_empty(device=device)  # uninitialized: every tensor is overwritten just below
     try:

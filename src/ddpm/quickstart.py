@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, check_int, check_seed, override, preset
-from .data import build_dataset
+from .data import dataset_for
 from .diffusion import GaussianDiffusion
 from .evaluation.digits_metric import DigitsQuality, evaluate_digits
 from .evaluation.figures import (
@@ -115,7 +115,7 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     timings["train_s"] = time.perf_counter() - tick
     net = trainer.ema_model()
     diffusion = trainer.diffusion
-    shape = (options.n_samples, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)  # type: ignore[union-attr]
+    shape = (options.n_samples, *cfg.model.sample_shape)
 
     tick = time.perf_counter()
     x_anc = sample(net, diffusion, shape, sample_generators(options.seed, 0, options.n_samples),
@@ -127,7 +127,7 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     timings["ddim_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    test = build_dataset(cfg.data, "test", cfg.diffusion.levels)
+    test = dataset_for(cfg, "test")
     n_test = len(test) if options.nll_images is None else min(options.nll_images, len(test))
     # one pass of the bound gives bits/dim (Table 1) and rate–distortion (Fig. 5)
     totals = bound_totals(net, diffusion, test, range(n_test), seed=options.seed + 1, batch_size=64,

@@ -78,7 +78,9 @@ class Schedule:
     sqrt_recip_alpha_bar: Tensor        # 1/√ᾱ_t, for x̂₀ (Eq. 15)
     sqrt_recipm1_alpha_bar: Tensor      # √(1/ᾱ_t − 1), for x̂₀ (Eq. 15)
     beta_tilde: Tensor                  # β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t (Eq. 7)
-    beta_tilde_log_clipped: Tensor      # log β̃_t with β̃_1 (= 0) replaced by β̃_2
+    beta_log: Tensor                    # log β_t, the upper end of a learned range of variances
+    beta_log_clipped: Tensor            # log β_t with β_1 replaced by β̃_2: fixed σ_t² = β_t (Sec. 3.2)
+    beta_tilde_log_clipped: Tensor      # log β̃_t with β̃_1 (= 0) replaced by β̃_2: fixed σ_t² = β̃_t
     posterior_coef_x0: Tensor           # √ᾱ_{t−1} β_t/(1 − ᾱ_t), weight of x_0 in μ̃_t (Eq. 7)
     posterior_coef_xt: Tensor           # √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t), weight of x_t in μ̃_t (Eq. 7)
     timesteps: Tensor                   # 0-indexed step of the original chain that each step is (respacing)
@@ -109,9 +111,14 @@ class Schedule:
             )
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         beta_tilde = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
-        # β̃_1 = 0: the posterior at t = 1 is a point mass; the log uses β̃_2 there (as the official code)
-        log_clipped = torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]])) if betas.numel() > 1 else \
-            torch.log(betas.clone())
+        # β̃_1 = 0: the posterior at t = 1 is a point mass; both fixed variances use β̃_2 there (as the official
+        # code), so the decoder's scale at t = 1 is neither zero nor as large as β_1 would make it
+        beta_log = torch.log(betas)
+        if betas.numel() > 1:
+            beta_log_clipped = torch.log(torch.cat([beta_tilde[1:2], betas[1:]]))
+            log_clipped = torch.log(torch.cat([beta_tilde[1:2], beta_tilde[1:]]))
+        else:
+            beta_log_clipped, log_clipped = beta_log.clone(), beta_log.clone()
         if timesteps is None:
             timesteps = torch.arange(betas.numel(), dtype=torch.long)
         return cls(
@@ -124,6 +131,8 @@ class Schedule:
             sqrt_recip_alpha_bar=alpha_bar.rsqrt(),
             sqrt_recipm1_alpha_bar=(1.0 / alpha_bar - 1.0).sqrt(),
             beta_tilde=beta_tilde,
+            beta_log=beta_log,
+            beta_log_clipped=beta_log_clipped,
             beta_tilde_log_clipped=log_clipped,
             posterior_coef_x0=alpha_bar_prev.sqrt() * betas / (1.0 - alpha_bar),
             posterior_coef_xt=alphas.sqrt() * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar),

@@ -105,7 +105,10 @@ def model_hash(model: LoadedModel) -> bytes:
     """16 bytes identifying the network weights used and the diffusion they define."""
     h = hashlib.sha256()
     config = model.config.to_dict()
-    h.update(json.dumps({"diffusion": config["diffusion"], "model": config["model"]}, sort_keys=True).encode())
+    # the model section as ddpm 0.1 stored it (learn_sigma beside the architecture), so that a file compressed
+    # before learn_sigma lived on the diffusion alone still names the same model
+    legacy_model = {**config["model"], "learn_sigma": model.config.diffusion.learn_sigma}
+    h.update(json.dumps({"diffusion": config["diffusion"], "model": legacy_model}, sort_keys=True).encode())
     for name, tensor in sorted(model.net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -117,8 +120,7 @@ def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     """(C, H, W) of the images the model codes."""
     if model.config.model.kind != "unet":
         raise CompressionError("compression codes images: this checkpoint's model makes 2-D points (toy2d)")
-    d = model.config.data
-    return d.channels, d.image_size, d.image_size
+    return model.sample_shape  # type: ignore[return-value]
 
 
 def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool) -> ChainCode:

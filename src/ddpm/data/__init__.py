@@ -1,11 +1,12 @@
 """Datasets of x0 in [-1, 1]: digits, CIFAR-10, image folders, LSUN LMDB, .npz files and 2-D toy data.
 
-``build_dataset(cfg, split, levels)`` is the entry point; ``random_flip`` is the trainer's
+``dataset_for(run_config, split)`` (or ``build_dataset(data_config, shape, split, levels)``) is the entry
+point; ``random_flip`` is the trainer's
 augmentation; ``to_uint8`` / ``from_uint8`` map [-1, 1] to integer levels and back.
 """
 
 from .base import ArrayImageDataset, PointDataset, held_out_indices
-from .build import build_dataset
+from .build import build_dataset, dataset_for
 from .cifar10 import CIFAR10_MD5, CIFAR10_URL, RestrictedUnpickler, load_cifar10, safe_unpickle
 from .digits import DIGITS_LEVELS, digits_arrays, digits_dataset
 from .errors import DataError
@@ -19,7 +20,7 @@ from .transforms import random_flip
 __all__ = [
     "ArrayImageDataset", "CIFAR10_MD5", "CIFAR10_URL", "DIGITS_LEVELS", "DataError", "IMAGE_EXTENSIONS",
     "ImageFolderDataset", "LMDBImageDataset", "PointDataset", "RestrictedUnpickler", "TOY2D_RADIUS",
-    "TOY2D_SIZES", "TOY2D_STD", "build_dataset", "digits_arrays", "digits_dataset", "from_uint8",
+    "TOY2D_SIZES", "TOY2D_STD", "build_dataset", "dataset_for", "digits_arrays", "digits_dataset", "from_uint8",
     "held_out_indices", "load_cifar10", "load_npz", "random_flip", "requantize", "safe_unpickle", "to_uint8",
     "toy2d_centers", "toy2d_log_prob", "toy2d_sample",
 ]

@@ -25,9 +25,9 @@ def check_split(split: str) -> Split:
 def check_image_config(image_size: int, channels: int, source: str) -> None:
     """Raise DataError naming ``source`` unless image_size >= 1 and channels is 1 or 3."""
     if channels not in (1, 3):
-        raise DataError(f"{source}: data.channels must be 1 (grey) or 3 (RGB), got {channels}")
+        raise DataError(f"{source}: images have 1 (grey) or 3 (RGB) channels; model.in_channels={channels}")
     if image_size < 1:
-        raise DataError(f"{source}: data.image_size must be >= 1, got {image_size}")
+        raise DataError(f"{source}: model.image_size must be >= 1, got {image_size}")
 
 
 def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: int,

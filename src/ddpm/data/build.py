@@ -9,7 +9,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import DataConfig
+from ..config import DataConfig, RunConfig
 from .base import ArrayImageDataset, check_image_config, check_split
 from .cifar10 import load_cifar10
 from .decode import Check
@@ -25,10 +25,10 @@ from .transforms import fit_array_images
 log = logging.getLogger(__name__)
 
 
-def _array_dataset(images: np.ndarray, labels: np.ndarray | None, cfg: DataConfig, levels: int,
+def _array_dataset(images: np.ndarray, labels: np.ndarray | None, channels: int, size: int, levels: int,
                    source: str) -> ArrayImageDataset:
-    """8-bit images (N, H, W, C) fitted to the config (channels, crop, resize) and requantized."""
-    fitted = fit_array_images(images, cfg.image_size, cfg.channels, source)
+    """8-bit images (N, H, W, C) fitted to (channels, size, size) (channels, crop, resize) and requantized."""
+    fitted = fit_array_images(images, size, channels, source)
     return ArrayImageDataset(requantize(fitted, 256, levels), levels, labels, source)
 
 
@@ -38,12 +38,19 @@ def _need_path(cfg: DataConfig, what: str) -> str:
     return cfg.path
 
 
-def build_dataset(cfg: DataConfig, split: Literal["train", "test"], levels: int, *,
+def dataset_for(cfg: RunConfig, split: Literal["train", "test"], *, skip_bad: bool = False,
+                check: Check = "header") -> Dataset[Tensor]:
+    """The ``split`` of a run's data, shaped as its model's samples, at its decoder's levels."""
+    return build_dataset(cfg.data, cfg.model.sample_shape, split, cfg.diffusion.levels, skip_bad=skip_bad,
+                         check=check)
+
+
+def build_dataset(cfg: DataConfig, shape: tuple[int, ...], split: Literal["train", "test"], levels: int, *,
                   skip_bad: bool = False, check: Check = "header") -> Dataset[Tensor]:
     """The ``split`` of the configured source; items are float32 in [-1, 1] at ``levels`` levels.
 
-    Images are (cfg.channels, cfg.image_size, cfg.image_size); toy2d items are (2,) points (levels,
-    image_size and channels do not apply). The source is checked here, so a bad source fails before
+    Images are ``shape`` = (channels, size, size), the model's ``sample_shape``; toy2d items are (2,) points
+    (levels do not apply). The source is checked here, so a bad source fails before
     any training state changes. ``skip_bad`` and ``check`` apply to 'folder' and 'lmdb' (see
     ``ImageFolderDataset``).
     """
@@ -54,24 +61,29 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"], levels: int,
     if cfg.download and cfg.dataset != "cifar10":
         log.warning("data.download is ignored for dataset %r (only cifar10 downloads)", cfg.dataset)
     if cfg.dataset == "toy2d":
+        if tuple(shape) != (2,):
+            raise DataError(f"dataset 'toy2d' holds 2-D points, not items of shape {tuple(shape)}")
         return toy2d_dataset(split, cfg.split_seed)
     levels = check_levels(levels)
-    check_image_config(cfg.image_size, cfg.channels, cfg.dataset)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise DataError(f"dataset {cfg.dataset!r} holds square images (channels, size, size), not items of shape "
+                        f"{tuple(shape)}")
+    channels, size = shape[0], shape[1]
+    check_image_config(size, channels, cfg.dataset)
     ds: Dataset[Tensor]
     if cfg.dataset == "digits":
-        ds = digits_dataset(split, levels, cfg.image_size, cfg.channels, cfg.held_out_fraction,
-                            cfg.split_seed)
+        ds = digits_dataset(split, levels, size, channels, cfg.held_out_fraction, cfg.split_seed)
     elif cfg.dataset == "cifar10":
         images, labels, src = load_cifar10(cfg.path, split, cfg.download)
-        ds = _array_dataset(images, labels, cfg, levels, str(src))
+        ds = _array_dataset(images, labels, channels, size, levels, str(src))
     elif cfg.dataset == "npz":
         images, labels_, where = load_npz(cfg.path, split, cfg.held_out_fraction, cfg.split_seed)
-        ds = _array_dataset(images, labels_, cfg, levels, where)
+        ds = _array_dataset(images, labels_, channels, size, levels, where)
     elif cfg.dataset == "folder":
-        ds = ImageFolderDataset(_need_path(cfg, "a folder of images"), cfg.image_size, cfg.channels, levels,
+        ds = ImageFolderDataset(_need_path(cfg, "a folder of images"), size, channels, levels,
                                 split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
     elif cfg.dataset == "lmdb":
-        ds = LMDBImageDataset(_need_path(cfg, "an LMDB database folder"), cfg.image_size, cfg.channels,
+        ds = LMDBImageDataset(_need_path(cfg, "an LMDB database folder"), size, channels,
                               levels, split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; known: digits, cifar10, folder, lmdb, npz, toy2d")

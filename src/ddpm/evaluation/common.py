@@ -100,14 +100,6 @@ def session(common: CommonOptions, command: str) -> Iterator[Session]:
         leave_processes(group)
 
 
-def image_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """The shape of one x₀ the model works on: (C, H, W) for the U-Net, (D,) for the MLP."""
-    m = cfg.model
-    if m.kind == "unet":
-        return (m.in_channels, m.image_size, m.image_size)  # type: ignore[union-attr]
-    return (m.dim,)  # type: ignore[union-attr]
-
-
 def is_image_model(cfg: RunConfig) -> bool:
     """Whether the model makes images (a U-Net) rather than points (the toy MLP)."""
     return cfg.model.kind == "unet"
@@ -127,7 +119,7 @@ def data_config(cfg: RunConfig, choice: DataChoice) -> DataConfig:
 
 def load_split(cfg: RunConfig, choice: DataChoice) -> Dataset[torch.Tensor]:
     """The chosen split at the model's pixel levels, items in [-1, 1]."""
-    return build_dataset(data_config(cfg, choice), choice.split, cfg.diffusion.levels)
+    return build_dataset(data_config(cfg, choice), cfg.model.sample_shape, choice.split, cfg.diffusion.levels)
 
 
 def limited(n: int, limit: int | None) -> int:

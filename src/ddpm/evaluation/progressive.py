@@ -24,7 +24,6 @@ from .common import (
     CommonOptions,
     DataChoice,
     Session,
-    image_shape,
     is_image_model,
     limited,
     load_split,
@@ -157,7 +156,7 @@ def run_progressive(common: CommonOptions,
 def _fig6(s: Session, common: CommonOptions, options: ProgressiveOptions, at: list[int]) -> Tensor | None:
     """This rank's Fig. 6 rows, merged on rank 0."""
     rows = shard(range(limited(options.rows, common.limit)), s.group)
-    part = progressive_x0(s.model, s.model.diffusion, image_shape(s.config), at, common.seed, rows,
+    part = progressive_x0(s.model, s.model.diffusion, s.model.sample_shape, at, common.seed, rows,
                           options.clip_denoised, s.device, common.progress and s.progress_enabled)
     parts = gather_to_main(part, s.group)
     return torch.cat(parts) if parts is not None else None

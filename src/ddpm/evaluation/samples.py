@@ -28,7 +28,6 @@ from .common import (
     CommonOptions,
     DataChoice,
     batched,
-    image_shape,
     is_image_model,
     load_split,
     session,
@@ -133,7 +132,7 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
         if options.spec.steps is not None:  # needs the model's T: checked before any sampling or file
             check_int("--steps", options.spec.steps, 1, s.model.diffusion.T)
         n = min(options.n, common.limit) if common.limit is not None else options.n
-        shape = image_shape(s.config)
+        shape = s.model.sample_shape
         mine = shard(range(n), s.group)
         diffusion = s.model.diffusion
         if SAMPLERS[options.spec.sampler].needs_gamma:

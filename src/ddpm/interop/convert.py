@@ -20,8 +20,7 @@ def from_diffusers(directory: str | Path, out: str | Path, overwrite: bool = Fal
     m = imp.model
     dataset = "cifar10" if (m.image_size, m.in_channels) == (32, 3) else "folder"
     cfg = RunConfig(name=f"imported:{Path(directory).name}", model=m, diffusion=imp.diffusion,
-                    data=DataConfig(dataset=dataset, image_size=m.image_size, channels=m.in_channels),
-                    train=TrainConfig())
+                    data=DataConfig(dataset=dataset), train=TrainConfig())
     return save_model(out, cfg.to_dict(), imp.state_dict, overwrite)
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
-from ddpm.config import MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig
+from ddpm.config import LEARNED_VAR_TYPES, MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig, network_out_channels
 from ddpm.loading import tensor_budget
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
@@ -159,7 +159,7 @@ def diffusers_to_ours_key(key: str, num_levels: int) -> str | None:
     return None
 
 
-def _expected_shapes(cfg: UNetConfig, held: int | None = None) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(cfg: UNetConfig, out_channels: int | None, held: int | None = None) -> dict[str, tuple[int, ...]]:
     """Our parameter names and shapes for ``cfg``, from a model on the meta device (no memory, no init).
 
     With ``held`` (the tensors a weight file holds) the build stops once it has made far more than that.
@@ -168,7 +168,7 @@ def _expected_shapes(cfg: UNetConfig, held: int | None = None) -> dict[str, tupl
         if held is not None:
             stack.enter_context(tensor_budget(2 * held + 64, "the diffusers weights", held, DiffusersFormatError))
         stack.enter_context(torch.device("meta"))
-        net = UNet(cfg)
+        net = UNet(cfg, out_channels)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
@@ -194,8 +194,11 @@ def _check_state_dict(
         raise DiffusersFormatError("\n".join(lines))
 
 
-def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) -> dict[str, Tensor]:
+def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
+                              out_channels: int | None = None) -> dict[str, Tensor]:
     """A diffusers ``UNet2DModel`` state dict → ours, checked against ``cfg`` (every problem listed).
+
+    ``out_channels``: the network's outputs (default ``cfg.in_channels``; twice that with a learned Σ).
 
     The tensors may be on the meta device (shapes read from a file's header): nothing is read or copied.
     """
@@ -210,14 +213,15 @@ def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) ->
             unmapped.append(f"{key} (a second copy of {name})")
         else:
             ours[name] = value
-    _check_state_dict(ours, _expected_shapes(cfg, len(state_dict)), "the diffusers state dict (in our names)",
-                      unmapped)
+    _check_state_dict(ours, _expected_shapes(cfg, out_channels, len(state_dict)),
+                      "the diffusers state dict (in our names)", unmapped)
     return ours
 
 
-def state_dict_to_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig) -> dict[str, Tensor]:
-    """Our state dict → diffusers' ``UNet2DModel`` names, checked against ``cfg`` first."""
-    _check_state_dict(state_dict, _expected_shapes(cfg), "the state dict")
+def state_dict_to_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
+                            out_channels: int | None = None) -> dict[str, Tensor]:
+    """Our state dict → diffusers' ``UNet2DModel`` names, checked against ``cfg`` (and ``out_channels``) first."""
+    _check_state_dict(state_dict, _expected_shapes(cfg, out_channels), "the state dict")
     levels = len(cfg.channel_mults)
     out = {}
     for key, value in state_dict.items():
@@ -369,7 +373,6 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_down) if a),
             dropout=float(c["dropout"]),
             num_groups=int(groups),
-            learn_sigma=out_ch == 2 * in_ch,
         )
     except (TypeError, ValueError) as e:
         raise DiffusersFormatError(f"unet config could not be converted: {e}") from None
@@ -390,8 +393,9 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
-    """UNetConfig → a diffusers ``UNet2DModel`` config.json dict of the same network."""
+def unet_config_to_diffusers(cfg: UNetConfig, out_channels: int | None = None) -> dict[str, Any]:
+    """UNetConfig (with ``out_channels`` outputs, default its input channels) → a diffusers ``UNet2DModel``
+    config.json dict of the same network."""
     levels = len(cfg.channel_mults)
     attn = [cfg.image_size // 2**i in cfg.attn_resolutions for i in range(levels)]
     unknown = sorted(set(cfg.attn_resolutions) - {cfg.image_size // 2**i for i in range(levels)})
@@ -403,7 +407,7 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
         "_class_name": "UNet2DModel",
         "sample_size": cfg.image_size,
         "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
+        "out_channels": cfg.in_channels if out_channels is None else out_channels,
         "center_input_sample": False,
         "time_embedding_type": "positional",
         "flip_sin_to_cos": False,
@@ -493,7 +497,7 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
         if c[name]:
             raise DiffusersFormatError(f"scheduler config {name}={c[name]!r} is not supported; expected false")
     var_type = _VARIANCES[c["variance_type"]]
-    learned = var_type in ("learned", "learned_range")
+    learned = var_type in LEARNED_VAR_TYPES
     # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
     options: dict[str, Any] = {"loss_type": "hybrid" if learned else "simple"}
     ours = (extra or {}).get("diffusion", {})
@@ -566,29 +570,32 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
     if not root.is_dir():
         raise FileNotFoundError(f"no diffusers directory at {root}")
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
-    model_cfg = unet_config_from_diffusers(_read_json(_first_existing([unet_dir / "config.json"], "unet config")))
+    unet_json = _read_json(_first_existing([unet_dir / "config.json"], "unet config"))
+    model_cfg = unet_config_from_diffusers(unet_json)
     weights = _first_existing([unet_dir / n for n in WEIGHT_NAMES], "unet weights")
     sched_path = _first_existing(
         [root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"], "scheduler config"
     )
     extra = _read_json(root / EXTRA_NAME) if (root / EXTRA_NAME).is_file() else None
     diffusion = diffusion_config_from_scheduler(_read_json(sched_path), extra)
-    if diffusion.learn_sigma != model_cfg.learn_sigma:
+    out_channels = network_out_channels(model_cfg, diffusion)
+    found = unet_json.get("out_channels", _UNET_DEFAULTS["out_channels"])
+    if found != out_channels:
         raise DiffusersFormatError(
             f"{sched_path} has a {'learned' if diffusion.learn_sigma else 'fixed'} variance but the unet has "
-            f"{model_cfg.out_channels} output channels for {model_cfg.in_channels} input channels"
+            f"{found} output channels for {model_cfg.in_channels} input channels"
         )
     # every name and shape is checked against the config before a tensor is read (issue 13)
     if weights.suffix == ".safetensors":
         header = read_safetensors_header(weights)
         state_dict_from_diffusers({k: torch.empty(shape, device="meta") for k, (_, shape) in header.items()},
-                                  model_cfg)
+                                  model_cfg, out_channels)
         state = safe_torch_load(weights)
     else:  # a pickle has no header to read first: its zip records may unpack to no more than the config needs
-        expected = _expected_shapes(model_cfg)
+        expected = _expected_shapes(model_cfg, out_channels)
         numel = sum(math.prod(shape) for shape in expected.values())
         state = safe_torch_load(weights, max_bytes=8 * numel + 1024 * len(expected) + (1 << 20))  # float64 at most
-    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg))
+    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg, out_channels))
 
 
 def save_diffusers(
@@ -600,13 +607,11 @@ def save_diffusers(
     The directory is written whole beside its place and renamed into it; an existing non-empty ``directory`` is
     refused unless ``overwrite``, which replaces it.
     """
-    if model_cfg.learn_sigma != diffusion_cfg.learn_sigma:
-        raise DiffusersFormatError(
-            f"model learn_sigma={model_cfg.learn_sigma} contradicts diffusion var_type={diffusion_cfg.var_type!r}"
-        )
-    unet_json = unet_config_to_diffusers(model_cfg)
+    out_channels = network_out_channels(model_cfg, diffusion_cfg)  # a learned Σ doubles them (var_type)
+    unet_json = unet_config_to_diffusers(model_cfg, out_channels)
     sched_json, extra = diffusion_config_to_scheduler(diffusion_cfg)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict_to_diffusers(state_dict, model_cfg).items()}
+    tensors = {k: v.detach().to("cpu").contiguous()
+               for k, v in state_dict_to_diffusers(state_dict, model_cfg, out_channels).items()}
     final = check_output_dir(directory, "convert", overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     root = final.parent / f".tmp-{final.name}-{os.getpid()}"

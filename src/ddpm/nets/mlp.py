@@ -12,14 +12,15 @@ from .embedding import timestep_embedding
 class MLP(nn.Module):
     """ε_θ(x_t, t) for vectors: [x_t, emb(t)] through ``depth`` SiLU layers, the step re-added at each."""
 
-    def __init__(self, cfg: MLPConfig) -> None:
+    def __init__(self, cfg: MLPConfig, out_channels: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.out_channels = cfg.dim if out_channels is None else out_channels
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.hidden), nn.SiLU(),
                                       nn.Linear(cfg.hidden, cfg.hidden))
         self.inp = nn.Linear(cfg.dim, cfg.hidden)
         self.blocks = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.depth))
-        self.out = nn.Linear(cfg.hidden, cfg.out_channels)
+        self.out = nn.Linear(cfg.hidden, self.out_channels)
 
     def forward(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """(B, dim) inputs and (B,) 0-indexed steps → (B, out_channels)."""

@@ -174,7 +174,8 @@ class MidBlock(nn.Module):
 class UNet(nn.Module):
     """The DDPM U-Net: ``net(x, timesteps) -> Tensor`` with x (B, C, H, W) and 0-indexed steps (B,)."""
 
-    def __init__(self, cfg: UNetConfig) -> None:
+    def __init__(self, cfg: UNetConfig, out_channels: int | None = None) -> None:
+        """``out_channels``: the input's channels (default), twice as many when the diffusion learns Σ."""
         super().__init__()
         if not cfg.channel_mults:
             raise ValueError("UNetConfig.channel_mults must name at least one resolution")
@@ -192,6 +193,7 @@ class UNet(nn.Module):
             if ch % cfg.num_groups:
                 raise ValueError(f"UNetConfig.{name} gives {ch} channels, not divisible by num_groups={cfg.num_groups}")
         self.cfg = cfg
+        self.out_channels = cfg.in_channels if out_channels is None else out_channels
         self.memory_format = torch.channels_last  # of the activations; measured faster for sampling
         ch, groups, drop = cfg.base_channels, cfg.num_groups, cfg.dropout
         temb_ch = 4 * ch
@@ -229,7 +231,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(reversed(up_levels))
 
         self.norm_out = _norm(ch, groups)
-        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         self.reset_parameters()
 
     @torch.no_grad()

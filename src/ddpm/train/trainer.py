@@ -34,12 +34,12 @@ from ..checkpoint import (
     save_checkpoint,
     set_aside_checkpoint,
 )
-from ..config import ConfigError, RunConfig
-from ..data import build_dataset, random_flip
+from ..config import ConfigError, RunConfig, check_resume_config
+from ..data import dataset_for, random_flip
 from ..diffusion import GaussianDiffusion, randn
 from ..images import save_grid
 from ..loading import shape_problems
-from ..nets import build_model
+from ..nets import network_for
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
 from ..processes import ProcessGroup, barrier, device_for
 from ..sampling import sample
@@ -48,11 +48,6 @@ from .ema import EMA
 
 log = logging.getLogger(__name__)
 
-# fields that may change when a run is resumed: they do not change what is being trained
-RESUMABLE_CHANGES = {
-    "train.total_steps", "train.log_every", "train.sample_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.num_workers", "train.compile", "data.path", "data.download",
-}
 GRID_SAMPLES = 64
 GRID_STEPS = 100  # periodic grids use a respaced 100-step ancestral chain to stay cheap
 Resume = bool | Literal["latest", "latest-valid"]  # True is "latest"; "latest-valid" skips damaged checkpoints
@@ -113,35 +108,6 @@ class _StepBatches(torch.utils.data.Sampler[list[int]]):
         return max(0, self.end - self.start)
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names whose values differ between two config dicts."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_differences(va, vb, name + ".")
-        elif va != vb:
-            out.append(name)
-    return out
-
-
-def check_resume_config(requested: RunConfig, saved: dict[str, Any]) -> None:
-    """A resumed run must train the same thing: differences outside RESUMABLE_CHANGES are an error."""
-    diffs = [d for d in config_differences(requested.to_dict(), saved) if d not in RESUMABLE_CHANGES]
-    if diffs:
-        raise ConfigError(
-            "the config contradicts the checkpoint being resumed in "
-            + ", ".join(f"{d} (checkpoint: {_lookup(saved, d)!r})" for d in diffs)
-        )
-
-
-def _lookup(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
-    return d
-
-
 # --- the trainer -------------------------------------------------------------------------------
 
 class Trainer:
@@ -158,7 +124,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the number of processes "
                               f"({self.group.world_size})")
         # data first: a missing or corrupt dataset is an error before anything is written
-        self.dataset = dataset if dataset is not None else build_dataset(cfg.data, "train", cfg.diffusion.levels)
+        self.dataset = dataset if dataset is not None else dataset_for(cfg, "train")
         if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
         check_output_dir(self.run_dir, "train", overwrite)  # a folder of someone else's files is no run directory
@@ -169,7 +135,7 @@ class Trainer:
             check_resume_config(cfg, self.resume_from.config)
 
         torch.manual_seed(tc.seed)  # the same initial weights in every process
-        self.net = build_model(cfg.model).to(self.device)
+        self.net = network_for(cfg).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.ema = EMA(self.net, tc.ema_decay)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=tc.lr)
@@ -362,7 +328,7 @@ class Trainer:
 
     def ema_model(self) -> nn.Module:
         """A fresh network holding the EMA weights, in eval mode."""
-        net = build_model(self.cfg.model).to(self.device)
+        net = network_for(self.cfg).to(self.device)
         self.ema.copy_to(net)
         return net.eval()
 
@@ -371,8 +337,7 @@ class Trainer:
             barrier(self.group)
             return
         net = self.ema_model()
-        shape = (GRID_SAMPLES, self.cfg.model.in_channels, self.cfg.model.image_size,  # type: ignore[union-attr]
-                 self.cfg.model.image_size)  # type: ignore[union-attr]
+        shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
         x = sample(net, self.diffusion, shape, torch.Generator().manual_seed(self.cfg.train.seed),
                    steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
         save_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", x, nrow=8)
