@@ -37,7 +37,7 @@ from ..checkpoint import (
 from ..config import ConfigError, RunConfig
 from ..data import build_dataset, random_flip
 from ..diffusion import GaussianDiffusion, randn
-from ..images import save_grid
+from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import build_model
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
@@ -375,7 +375,7 @@ class Trainer:
                  self.cfg.model.image_size)  # type: ignore[union-attr]
         x = sample(net, self.diffusion, shape, torch.Generator().manual_seed(self.cfg.train.seed),
                    steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
-        save_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", x, nrow=8)
+        save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
 
 
