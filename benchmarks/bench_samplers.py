@@ -25,7 +25,8 @@ import torch
 from ddpm.checkpoint import CheckpointError
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.analytic_variance import analytic_diffusion, read_estimate
-from ddpm.evaluation.samples import SamplerSpec, digits_quality, generate
+from ddpm.evaluation.quality import digits_quality
+from ddpm.evaluation.samples import SamplerSpec, generate
 from ddpm.loading import LoadedModel, load_model
 from ddpm.sampling import SAMPLER_NAMES, SAMPLERS
 from ddpm.schedules import SPACINGS

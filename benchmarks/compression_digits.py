@@ -30,7 +30,7 @@ from PIL import Image
 from ddpm.compression import CodecOptions, compress, decompress
 from ddpm.compression.files import write_images
 from ddpm.data.digits import digits_dataset
-from ddpm.data.levels import from_uint8, requantize, to_uint8
+from ddpm.data.levels import from_levels, requantize, to_levels
 from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
@@ -39,7 +39,7 @@ from ddpm.loading import load_model
 def bound(model, images: np.ndarray, steps: int) -> tuple[float, float]:
     """Mean ± standard error of the full bound (bits/dim) on the chain of ``steps`` steps, as ``ddpm nll``."""
     levels = model.diffusion.levels
-    x0 = [from_uint8(k, levels) for k in images]
+    x0 = [from_levels(k, levels) for k in images]
     totals = bound_totals(model, model.diffusion.with_steps(steps), x0, range(len(x0)), seed=0, batch_size=16,
                           t_per_batch=10, clip_denoised=True, decoder="discretized")
     return mean_and_stderr(totals.total_bpd)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     levels = model.diffusion.levels
     ds = digits_dataset("test", levels=levels)
     n = min(len(ds), args.limit or len(ds))
-    images = np.stack([to_uint8(ds[i], levels).numpy() for i in range(n)])
+    images = np.stack([to_levels(ds[i], levels).numpy() for i in range(n)])
     steps_list = [int(s) for s in args.steps.split(",")]
     rows = []
     for k, steps in enumerate(steps_list):

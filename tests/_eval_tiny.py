@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from ddpm.checkpoint import save_model
 from ddpm.config import DiffusionConfig, RunConfig, UNetConfig, override, preset
 from ddpm.nets import network_for
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    with Image.open(path) as img:
+        return img.size
 
 
 def tiny_config(T: int = 20, **changes: object) -> RunConfig:

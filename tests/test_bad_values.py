@@ -33,8 +33,9 @@ from ddpm.evaluation.common import CommonOptions, DataChoice
 from ddpm.evaluation.interpolation import InterpolateOptions
 from ddpm.evaluation.nll import NLLOptions
 from ddpm.evaluation.progressive import ProgressiveOptions
+from ddpm.evaluation.quality import FidOptions
 from ddpm.evaluation.rate_distortion import RateDistortionOptions
-from ddpm.evaluation.samples import FidOptions, SampleOptions, SamplerSpec
+from ddpm.evaluation.samples import SampleOptions, SamplerSpec
 from ddpm.processes import check_device, device_for
 from ddpm.quickstart import QuickstartOptions
 from test_reliability import TINY

@@ -156,10 +156,10 @@ def other_ckpt(tmp_path_factory):
 
 def digits(n: int) -> np.ndarray:
     from ddpm.data.digits import digits_dataset
-    from ddpm.data.levels import to_uint8
+    from ddpm.data.levels import to_levels
 
     ds = digits_dataset("test", levels=LEVELS)
-    return np.stack([to_uint8(ds[i], LEVELS).numpy() for i in range(n)])
+    return np.stack([to_levels(ds[i], LEVELS).numpy() for i in range(n)])
 
 
 @pytest.mark.parametrize("steps,var_type", [(None, "fixed_beta"), (7, "learned")])

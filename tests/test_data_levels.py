@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ddpm.data import DataError, from_uint8, held_out_indices, random_flip, requantize, to_uint8
+from ddpm.data import DataError, from_levels, held_out_indices, random_flip, requantize, to_levels
 from ddpm.data.transforms import fit_array_images, rgb_to_grey
 
 levels_st = st.integers(2, 256)
@@ -21,33 +21,43 @@ levels_st = st.integers(2, 256)
 def test_level_round_trip_is_exact(levels: int, data: st.DataObject) -> None:
     ks = data.draw(st.lists(st.integers(0, levels - 1), min_size=1, max_size=20))
     k = torch.tensor(ks, dtype=torch.uint8)
-    x = from_uint8(k, levels)
+    x = from_levels(k, levels)
     assert x.dtype == torch.float32
     expected = np.array([2 * v / (levels - 1) - 1 for v in ks], dtype=np.float32)
     assert np.array_equal(x.numpy(), expected)
-    assert torch.equal(to_uint8(x, levels), k)
+    assert torch.equal(to_levels(x, levels), k)
 
 
 @given(levels_st, st.lists(st.floats(-1, 1), min_size=1, max_size=20))
-def test_to_uint8_picks_the_nearest_level(levels: int, xs: list[float]) -> None:
+def test_to_levels_picks_the_nearest_level(levels: int, xs: list[float]) -> None:
     x = torch.tensor(xs, dtype=torch.float64)
-    back = from_uint8(to_uint8(x, levels), levels).double()
+    back = from_levels(to_levels(x, levels), levels).double()
     assert (back - x).abs().max() <= 1.0 / (levels - 1) + 1e-6
 
 
 def test_endpoints_and_clamping() -> None:
     x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 5.0])
-    assert to_uint8(x, 256).tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds to even 128
-    assert to_uint8(x, 17).tolist() == [0, 0, 8, 16, 16]
-    assert from_uint8(np.array([0, 8, 16]), 17).tolist() == [-1.0, 0.0, 1.0]
+    assert to_levels(x, 256).tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds to even 128
+    assert to_levels(x, 17).tolist() == [0, 0, 8, 16, 16]
+    assert from_levels(np.array([0, 8, 16]), 17).tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_float64_levels_are_the_float64_formula() -> None:
+    """The codec computes on float64 level values; they must be the one-division formula to the bit."""
+    for levels in range(2, 257):
+        k = np.arange(levels)
+        want = (2.0 * k - (levels - 1)) / (levels - 1)
+        got = from_levels(k, levels, torch.float64)
+        assert got.dtype == torch.float64 and np.array_equal(got.numpy(), want)
+        assert torch.equal(from_levels(k, levels), torch.from_numpy(want.astype(np.float32)))  # float32: one rounding
 
 
 def test_bad_levels_and_nonfinite_are_refused() -> None:
     for bad in (1, 257, 2.5, True):
         with pytest.raises(DataError, match="levels"):
-            from_uint8(torch.zeros(1), bad)  # type: ignore[arg-type]
+            from_levels(torch.zeros(1), bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NaN"):
-        to_uint8(torch.tensor([0.0, float("nan")]), 256)
+        to_levels(torch.tensor([0.0, float("nan")]), 256)
 
 
 @given(levels_st)

@@ -14,7 +14,7 @@ from _eval_tiny import make_checkpoint
 from ddpm.cli import main
 from ddpm.data import digits_arrays
 from ddpm.evaluation.common import DataChoice
-from ddpm.evaluation.samples import FidOptions, digits_quality, run_fid
+from ddpm.evaluation.quality import FidOptions, digits_quality, run_fid
 
 
 @pytest.fixture(autouse=True)

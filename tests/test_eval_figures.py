@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
+from _eval_tiny import make_checkpoint, one_thread, png_size  # noqa: F401 (autouse fixture)
 from ddpm.cli import build_parser, main
-from ddpm.evaluation.figures import grid_size, open_png, save_image_rows
 from ddpm.evaluation.interpolation import choose_pairs, default_t, lambda_grid
 from ddpm.evaluation.progressive import evenly_spaced_times, progressive_x0, quarter_times
 from ddpm.loading import load_model
@@ -65,8 +64,9 @@ def test_progressive_command(ckpt, tmp_path):
         assert grid.shape == (4, 4, 8, 8, 1)  # (2 images × 2 t) rows of x0 | x_t | 2 samples
         assert z["t"].tolist() == [20, 10] and z["image_indices"].tolist() == [4, 9]
     assert (grid[0, 0] == grid[1, 0]).all()  # the same x0 in both rows of an image
-    assert open_png(out / "progressive.png").size == grid_size(12, 4, 8, 8, scale=8)
-    assert open_png(out / "shared_xt.png").size == grid_size(16, 4, 8, 8, scale=8)
+    # a tile is 8 px + 1 px pad, one more pad at the edge, all upscaled 8×: (4 · 9 + 1) · 8 = 296
+    assert png_size(out / "progressive.png") == (296, (3 * 9 + 1) * 8)  # 3 rows of 4
+    assert png_size(out / "shared_xt.png") == (296, 296)  # 4 rows of 4
     assert json.loads((out / "progressive.json").read_text())["share_t"] == [20, 10]
     # --limit caps the rows of both figures
     assert main(["progressive", "--checkpoint", str(ckpt), "--out", str(tmp_path / "l"), "--limit", "1",
@@ -84,10 +84,5 @@ def test_interpolate_command(ckpt, tmp_path):
         assert images.shape == (2, 5, 8, 8, 1) and sources.shape == (2, 2, 8, 8, 1)
         assert z["t"].tolist() == [10, 4] and z["pairs"].tolist() == [[0, 5], [0, 5]]
         assert z["lambdas"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert open_png(out / "interpolation.png").size == grid_size(14, 7, 8, 8, scale=8)
+    assert png_size(out / "interpolation.png") == ((7 * 9 + 1) * 8, (2 * 9 + 1) * 8)  # 2 rows of 7 tiles
     assert json.loads((out / "interpolation.json").read_text())["pairs"] == [[0, 5]]
-
-
-def test_image_rows_png(tmp_path):
-    rows = np.zeros((2, 3, 4, 5, 3), np.uint8)
-    assert open_png(save_image_rows(tmp_path / "r.png", rows, scale=2)).size == grid_size(6, 3, 4, 5, scale=2)

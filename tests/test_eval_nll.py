@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint, one_thread, read_csv, run_cli  # noqa: F401 (autouse fixture)
+from _eval_tiny import make_checkpoint, one_thread, png_size, read_csv, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
 from ddpm.data import dataset_for
-from ddpm.evaluation.figures import open_png
 from ddpm.evaluation.nll import bound_totals, merge_totals
 from ddpm.loading import load_model
 
@@ -61,7 +60,7 @@ def _check_nll_outputs(out: Path, n: int, T: int = 20) -> dict:
     assert len(per_image) == n
     assert np.mean([float(r["total_bits_per_dim"]) for r in per_image]) == pytest.approx(s["nll_bits_per_dim"])
     assert s["nll_stderr_bits_per_dim"] > 0
-    assert open_png(out / "terms.png").size[0] > 100
+    assert png_size(out / "terms.png")[0] > 100
     args = json.loads((out / "args.json").read_text())
     assert args["command"] == "nll" and args["options"]["common"]["limit"] == n
     assert json.loads((out / "config.json").read_text())["diffusion"]["T"] == T

@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 
-from _eval_tiny import make_checkpoint, one_thread, read_csv  # noqa: F401 (autouse fixture)
+from _eval_tiny import make_checkpoint, one_thread, png_size, read_csv  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
 from ddpm.config import DataConfig, DiffusionConfig
 from ddpm.data import build_dataset
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation.figures import open_png
 from ddpm.evaluation.rate_distortion import paper_times, rate_distortion, select_times
 
 
@@ -73,6 +72,6 @@ def test_command_files_and_paper_rows(tmp_path):
     assert float(first["rate_bits_per_dim"]) == pytest.approx(s["nll_bits_per_dim"] - s["decoder_bits_per_dim"])
     rmse = {int(r["t"]): float(r["rmse_0_255"]) for r in rows}
     assert rmse[1] < rmse[20]
-    img = open_png(out / "rate_distortion.png")
-    assert img.size[0] > 2 * img.size[1]  # three panels side by side
+    width, height = png_size(out / "rate_distortion.png")
+    assert width > 2 * height  # three panels side by side
     assert (out / "args.json").exists() and (out / "config.json").exists()

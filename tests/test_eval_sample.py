@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from _eval_tiny import make_checkpoint, one_thread, run_cli  # noqa: F401 (autouse fixture)
+from _eval_tiny import make_checkpoint, one_thread, png_size, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
-from ddpm.evaluation.figures import grid_size, open_png
 from ddpm.evaluation.samples import SamplerSpec, generate
 from ddpm.loading import load_model
 
@@ -46,8 +45,7 @@ def test_sample_command_files(ckpt, tmp_path):
         images = z["images"]
     assert images.shape == (12, 8, 8, 1) and images.dtype == np.uint8
     assert images.min() >= 0 and images.max() <= 255 and images.std() > 0
-    scale = 8  # 8-pixel images are upscaled to 64 pixels
-    assert open_png(out / "samples.png").size == grid_size(9, 3, 8, 8, pad=1, scale=scale)
+    assert png_size(out / "samples.png") == (224, 224)  # 3 × 3 tiles of 8 + 1 pad, + 1, upscaled 8× to 64 px
     s = json.loads((out / "samples.json").read_text())
     assert s["n"] == 12 and s["sampler"] == "ddim" and s["steps"] == 5 and s["img_per_s"] > 0
     args = json.loads((out / "args.json").read_text())
@@ -68,7 +66,7 @@ def test_two_processes_equal_one(ckpt, tmp_path):
     with np.load(one / "samples.npz") as a, np.load(two / "samples.npz") as b:
         _same(a["images"], b["images"])
     assert json.loads((two / "samples.json").read_text())["world_size"] == 2
-    assert open_png(two / "samples.png").size == open_png(one / "samples.png").size
+    assert png_size(two / "samples.png") == png_size(one / "samples.png")
 
 
 @pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m", "sde-dpm++2m"])

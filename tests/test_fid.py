@@ -1,4 +1,5 @@
-"""FID/IS pipeline with stand-in extractors (nothing is downloaded), statistics files, input formats."""
+"""FID/IS pipeline with stand-in extractors (nothing is downloaded): our float64 moments and IS, statistics files,
+input formats."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import torch
 from torch import nn
 
 from ddpm.evaluation.fid import (
+    FeatureMoments,
     FidDependencyError,
     FidResult,
     StatisticsFileError,
     compute_fid_is,
     compute_statistics,
+    inception_score,
     iter_uint8_batches,
     load_npz_images,
     load_statistics,
     save_statistics,
-    to_uint8,
 )
 from ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
@@ -85,7 +87,6 @@ def _closed_form_fd(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
     return frechet_distance(*stats_x, *stats_y)
 
 
-@needs_torchmetrics
 def test_fid_of_a_set_against_itself_is_zero() -> None:
     x = _images(300, 0)
     result = compute_fid_is(x, x, feature_extractor=TanhFeatures())
@@ -96,7 +97,6 @@ def test_fid_of_a_set_against_itself_is_zero() -> None:
     assert result.extractor == "TanhFeatures"
 
 
-@needs_torchmetrics
 def test_fid_of_a_shifted_set_equals_the_closed_form() -> None:
     x = _images(300, 1)
     shift = 20
@@ -108,7 +108,6 @@ def test_fid_of_a_shifted_set_equals_the_closed_form() -> None:
     assert result.fid == pytest.approx(expected, rel=1e-8)
 
 
-@needs_torchmetrics
 def test_fid_equals_frechet_distance_of_the_features() -> None:
     module = TanhFeatures()
     x, y = _images(400, 2), _images(250, 3, 30, 255)
@@ -134,7 +133,6 @@ def test_torchmetrics_fid_equals_our_frechet_distance() -> None:
     assert compute_fid_is(x, y, feature_extractor=LinearFeatures()).fid == pytest.approx(theirs, rel=1e-7)
 
 
-@needs_torchmetrics
 def test_precomputed_statistics_equal_the_dataset_path(tmp_path: Path) -> None:
     module = TanhFeatures()
     x, y = _images(200, 6), _images(300, 7, 10, 240)
@@ -151,15 +149,13 @@ def test_precomputed_statistics_equal_the_dataset_path(tmp_path: Path) -> None:
     assert from_file.n_reference == 300
 
 
-@needs_torchmetrics
 def test_each_batch_is_extracted_once() -> None:
     features, logits = LinearFeatures(), Logits()
     compute_fid_is(_images(100, 8), _images(60, 9), features, batch_size=25, logits_extractor=logits)
-    assert features.calls == 4 + 3  # samples + reference batches, shared by FID's and the width probe
+    assert features.calls == 4 + 3  # once per batch of samples and of reference images
     assert logits.calls == 4  # IS sees the samples only
 
 
-@needs_torchmetrics
 def test_inception_score_with_a_logits_module() -> None:
     x = _images(400, 10)
     logits = Logits()
@@ -174,7 +170,6 @@ def test_inception_score_with_a_logits_module() -> None:
     assert 1.0 <= split.inception_score_mean <= 10.0 and split.inception_score_std >= 0.0
 
 
-@needs_torchmetrics
 @pytest.mark.parametrize("layout", ["nhwc_arr_0", "nchw_images", "nhw"])
 def test_npz_sample_input(tmp_path: Path, layout: str) -> None:
     x, y = _images(120, 11), _images(100, 12)
@@ -190,7 +185,6 @@ def test_npz_sample_input(tmp_path: Path, layout: str) -> None:
     assert compute_fid_is(path, y, module).fid == pytest.approx(compute_fid_is(x, y, module).fid, rel=1e-9)
 
 
-@needs_torchmetrics
 def test_input_kinds_agree() -> None:
     module = TanhFeatures()
     x, y = _images(90, 13), _images(70, 14)
@@ -203,10 +197,11 @@ def test_input_kinds_agree() -> None:
     assert compute_fid_is(x, [img for img in y], module, batch_size=7).fid == pytest.approx(base, rel=1e-9)
 
 
-def test_to_uint8_and_batches() -> None:
-    assert torch.equal(to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])), torch.tensor([0, 128, 255, 255]).byte())
+def test_float_images_and_batches() -> None:
+    floats = torch.tensor([-1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 2, 2)  # 8-bit levels as a PNG stores them, clamped
+    assert next(iter_uint8_batches(floats)).flatten().tolist() == [0, 128, 255, 255]
     with pytest.raises(ValueError, match="uint8"):
-        to_uint8(torch.zeros(2, dtype=torch.int64))
+        list(iter_uint8_batches(torch.zeros(2, 1, 2, 2, dtype=torch.int64)))
     sizes = [b.shape[0] for b in iter_uint8_batches(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), 4)]
     assert sizes == [4, 4, 2]
     with pytest.raises(ValueError, match="batch_size"):
@@ -215,7 +210,6 @@ def test_to_uint8_and_batches() -> None:
         list(iter_uint8_batches([torch.zeros(4, 4, dtype=torch.uint8)]))
 
 
-@needs_torchmetrics
 def test_too_few_images() -> None:
     with pytest.raises(ValueError, match="at least 2 sample"):
         compute_fid_is(_images(1, 0), _images(10, 1), LinearFeatures())
@@ -285,7 +279,6 @@ def test_bad_statistics_file_fails_before_extraction(tmp_path: Path) -> None:
     assert module.calls == 0
 
 
-@needs_torchmetrics
 def test_statistics_of_another_extractor_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "inception_like.npz"
     save_statistics(path, np.zeros(2048), np.eye(2048))
@@ -311,10 +304,90 @@ def test_default_inception_without_torch_fidelity_explains(tmp_path: Path) -> No
         compute_fid_is(_images(10, 0), _images(10, 1), inception_weights=weights)
 
 
-def test_missing_torchmetrics_explains(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_default_extractor_needs_torchmetrics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)
     with pytest.raises(FidDependencyError, match="pip install torchmetrics"):
-        compute_fid_is(_images(10, 0), _images(10, 1), LinearFeatures())
+        compute_fid_is(_images(10, 0), _images(10, 1))
+    assert compute_fid_is(_images(10, 0), _images(10, 1), LinearFeatures()).fid > 0  # our own accumulation
+
+
+def _uneven_batches(x: np.ndarray) -> list[np.ndarray]:
+    """``x`` cut into batches of 1, 7, 64, 3, ... rows (the moments must not depend on the cut)."""
+    cuts = np.cumsum([1, 7, 64, 3, 100, 2])
+    return np.split(x, cuts[cuts < len(x)])
+
+
+def test_feature_moments_equal_numpy_over_uneven_batches() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 12)) * rng.uniform(0.1, 3, 12) + rng.normal(size=12)
+    x[1:8] = x[1:8].astype(np.float32)  # that batch is given as float32 (as Inception gives it): exact in float64
+    moments = FeatureMoments()
+    for part in _uneven_batches(x):
+        moments.update(torch.from_numpy(part).float() if len(part) == 7 else torch.from_numpy(part))
+    stats = moments.statistics()
+    assert stats.n == 300 and stats.mu.dtype == stats.sigma.dtype == np.float64
+    np.testing.assert_allclose(stats.mu, x.mean(axis=0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False, ddof=1), rtol=0, atol=1e-10)
+    mu, sigma = feature_statistics(x)  # FID from our moments is frechet.py's FID of the features
+    other = rng.normal(size=(200, 12))
+    assert frechet_distance(stats.mu, stats.sigma, *feature_statistics(other)) == pytest.approx(
+        frechet_distance(mu, sigma, *feature_statistics(other)), rel=1e-10)
+
+
+def test_feature_moments_refuse_too_few_and_mixed_widths() -> None:
+    moments = FeatureMoments()
+    with pytest.raises(ValueError, match="at least 2 sample images, got 0"):
+        moments.statistics("sample images")
+    moments.update(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="got 1"):
+        moments.statistics()
+    with pytest.raises(ValueError, match="width 4"):
+        moments.update(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"\(N, d\)"):
+        moments.update(torch.zeros(3))
+
+
+def _numpy_inception_score(logits: np.ndarray, splits: int, order: np.ndarray) -> tuple[float, float]:
+    """IS written out in numpy: exp of the mean KL(p(y|x) ‖ p(y)) per split of ⌈N/splits⌉ shuffled rows."""
+    z = logits[order] - logits.max(axis=1, keepdims=True)[order]
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    size = -(-len(p) // splits)
+    scores = []
+    for start in range(0, len(p), size):
+        q = p[start:start + size]
+        scores.append(np.exp(np.mean(np.sum(q * (np.log(q) - np.log(q.mean(axis=0))), axis=1))))
+    return float(np.mean(scores)), float(np.std(scores, ddof=1))
+
+
+@pytest.mark.parametrize(("n", "splits"), [(400, 10), (103, 4), (10, 4)])
+def test_inception_score_equals_a_direct_numpy_computation(n: int, splits: int) -> None:
+    logits = torch.randn(n, 10, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(5)).numpy()
+    mean, std = inception_score(logits, splits, seed=5)
+    want_mean, want_std = _numpy_inception_score(logits.numpy(), splits, order)
+    assert mean == pytest.approx(want_mean, rel=1e-12) and std == pytest.approx(want_std, rel=1e-10)
+    assert inception_score(logits, 1)[1] is None  # a single split has no spread
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(logits, 0)
+
+
+@needs_torchmetrics
+@pytest.mark.parametrize(("n", "splits"), [(400, 10), (103, 4)])
+def test_inception_score_equals_torchmetrics_on_the_same_logits(n: int, splits: int) -> None:
+    import warnings
+
+    from torchmetrics.image.inception import InceptionScore
+
+    logits = torch.randn(n, 10, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "will save all extracted features"
+        metric = InceptionScore(feature=nn.Identity(), splits=splits)  # it is fed the logits themselves
+    metric.update(logits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)  # torchmetrics shuffles with the global generator; ours with its own of the same seed
+        theirs = metric.compute()
+    mean, std = inception_score(logits, splits, seed=3)
+    assert mean == pytest.approx(float(theirs[0]), rel=1e-12) and std == pytest.approx(float(theirs[1]), rel=1e-10)
 
 
 class _FakeInception(nn.Module):

@@ -223,11 +223,11 @@ def test_a_safetensors_header_claiming_huge_size_is_refused_unread(tiny: Path, t
 @pytest.fixture(scope="module")
 def coded(tiny: Path) -> tuple[object, bytes]:
     from ddpm.data.digits import digits_dataset
-    from ddpm.data.levels import to_uint8
+    from ddpm.data.levels import to_levels
 
     model = load_model(tiny)
     ds = digits_dataset("test", levels=17)
-    images = np.stack([to_uint8(ds[i], 17).numpy() for i in range(3)])
+    images = np.stack([to_levels(ds[i], 17).numpy() for i in range(3)])
     return model, compress(model, images, CodecOptions(steps=4, batch_size=2)).data
 
 

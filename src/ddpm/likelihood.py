@@ -63,8 +63,3 @@ def nats_to_bits_per_dim(nats: Tensor, dims: int) -> Tensor:
 def mean_flat(x: Tensor) -> Tensor:
     """Mean over every dimension but the first (batch)."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def sum_flat(x: Tensor) -> Tensor:
-    """Sum over every dimension but the first (batch)."""
-    return x.reshape(x.shape[0], -1).sum(dim=1)

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .checkpoint import latest_checkpoint
@@ -23,17 +22,12 @@ from .config import RunConfig, check_int, check_seed, override, preset
 from .data import dataset_for
 from .diffusion import GaussianDiffusion
 from .evaluation.digits_metric import DigitsQuality, evaluate_digits
-from .evaluation.figures import (
-    plot_loss_curve,
-    plot_rate_distortion,
-    save_image_grid,
-    save_image_rows,
-    to_nhwc_uint8,
-)
+from .evaluation.figures import plot_loss_curve, plot_rate_distortion
 from .evaluation.nll import BoundTotals, bound_totals
 from .evaluation.progressive import evenly_spaced_times, progressive_x0
 from .evaluation.rate_distortion import rate_distortion_curve
 from .evaluation.report import Figure, write_report
+from .images import save_image_grid, to_display_uint8
 from .outputs import OutputDir, OutputError, check_output_dir, write_text
 from .sampling import sample, sample_generators
 from .train import Trainer
@@ -168,13 +162,13 @@ def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_an
     strip = progressive_x0(net, diffusion, tuple(x_anc.shape[1:]), at, options.seed + 2, range(8))
     points = rate_distortion_curve(totals)
     return [
-        Figure(save_image_grid(out / "samples_ancestral.png", to_nhwc_uint8(x_anc[:100]), nrow=10).name,
+        Figure(save_image_grid(out / "samples_ancestral.png", to_display_uint8(x_anc[:100]), nrow=10).name,
                f"Algorithm 2 (ancestral, {diffusion.T} steps): 100 of {len(x_anc)} samples from the EMA weights"),
-        Figure(save_image_grid(out / "samples_ddim.png", to_nhwc_uint8(x_ddim[:100]), nrow=10).name,
+        Figure(save_image_grid(out / "samples_ddim.png", to_display_uint8(x_ddim[:100]), nrow=10).name,
                f"DDIM, {options.ddim_steps} steps, η = 0, the same per-sample seeds"),
-        Figure(save_image_grid(out / "real_test.png", to_nhwc_uint8(x_test), nrow=10).name,
+        Figure(save_image_grid(out / "real_test.png", to_display_uint8(x_test), nrow=10).name,
                "Real test digits, for comparison"),
-        Figure(save_image_rows(out / "progressive.png", _rows_uint8(strip)).name,
+        Figure(save_image_grid(out / "progressive.png", to_display_uint8(strip)).name,
             "Progressive generation (Fig. 6): x̂₀ predicted at t = " + ", ".join(map(str, at)) + "; a row per sample"),
         Figure(plot_rate_distortion(out / "rate_distortion.png", [p.t for p in points],
                                     [p.rate_bits_per_dim for p in points], [p.rmse_0_255 for p in points],
@@ -183,12 +177,6 @@ def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_an
         Figure(plot_loss_curve(out / "loss.png", out / "run" / "log.csv").name,
                "Training loss (L_simple), overall and by quartile of t"),
     ]
-
-
-def _rows_uint8(rows: torch.Tensor) -> np.ndarray:
-    """(R, K, C, H, W) in [-1, 1] → uint8 (R, K, H, W, C)."""
-    R, K = rows.shape[:2]
-    return to_nhwc_uint8(rows.flatten(0, 1)).reshape(R, K, *rows.shape[3:], rows.shape[2])
 
 
 def _summary_rows(r: QuickstartResult) -> list[tuple[str, str]]:

@@ -74,7 +74,7 @@ def run_decompress(args: argparse.Namespace) -> int:
 
     from ..compression import decompress
     from ..compression.files import write_images
-    from ..images import save_grid
+    from ..images import save_image_grid, to_display_uint8
     from ..loading import load_model
 
     path = Path(args.file)
@@ -84,8 +84,8 @@ def run_decompress(args: argparse.Namespace) -> int:
     result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path))
     with OutputDir(args.out, "decompress", overwrite=args.overwrite) as out:
         write_images(out, result.images, result.header.levels)
-        for t, x0 in result.previews.items():
-            save_grid(out / "previews" / f"x0_t{t:04d}.png", torch.from_numpy(x0))  # the first PREVIEW_IMAGES
+        for t, x0 in result.previews.items():  # the first PREVIEW_IMAGES
+            save_image_grid(out / "previews" / f"x0_t{t:04d}.png", to_display_uint8(torch.from_numpy(x0)))
     extra = f", {len(result.previews)} x̂₀ previews in {out / 'previews'}" if result.previews else ""
     print(f"decompressed {len(result.images)} images in {result.seconds:.1f} s -> {out}{extra}")
     return 0

@@ -258,7 +258,7 @@ def register_fid(sub: argparse._SubParsersAction) -> None:
 
 def run_fid_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.fid import FidDependencyError
-    from ..evaluation.samples import FidOptions, run_fid
+    from ..evaluation.quality import FidOptions, run_fid
 
     options = FidOptions(args.samples, args.out, args.checkpoint, args.ref_stats, data_choice(args),
                          args.inception_weights, args.digits, args.save_stats, args.is_splits, args.seed,

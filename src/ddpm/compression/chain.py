@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.levels import from_levels
 from ..diffusion import GaussianDiffusion, Model
 from ..likelihood import discretized_gaussian_log_likelihood
 from ..schedules import Schedule
@@ -34,14 +35,9 @@ def latent_grid(s: Schedule, ratio: float) -> np.ndarray:
     return ratio * width
 
 
-def level_values(k: np.ndarray, levels: int) -> np.ndarray:
-    """Integer levels as their values 2k/(L−1) − 1 in [-1, 1] (float64)."""
-    return (2.0 * k - (levels - 1)) / (levels - 1)
-
-
 def decoder_probabilities(mean: np.ndarray, log_scale: np.ndarray, levels: int) -> np.ndarray:
     """p_θ(x_0 = each level | x_1) of Eq. 13 for each element: (n, L) float64, rows sum to 1."""
-    values = torch.from_numpy(level_values(np.arange(levels), levels))[:, None]
+    values = from_levels(torch.arange(levels), levels, torch.float64)[:, None]
     log_p = discretized_gaussian_log_likelihood(values, torch.from_numpy(mean)[None], torch.from_numpy(log_scale)[None],
                                                 levels)
     return np.ascontiguousarray(torch.exp(log_p).T.numpy())
@@ -92,7 +88,7 @@ def encode_chain(stack: Stack, model: Model, code: ChainCode, k0: np.ndarray,
     """Push a batch of images (integer levels, (B, C, H, W)) onto ``stack`` (the sender)."""
     shape, levels = k0.shape, code.diffusion.levels
     i_prev = k0.reshape(-1).astype(np.int64)
-    x_prev = level_values(i_prev, levels)
+    x_prev = from_levels(i_prev, levels, torch.float64).numpy()
     for t in range(1, code.T + 1):
         i_t = stack.pop_gaussian(*code.q_step(x_prev, t), code.window, escape=False)  # x_t ~ q(x_t|x_{t−1})
         p = code.reverse(model, i_t, t, shape)
@@ -118,7 +114,7 @@ def decode_chain(stack: Stack, model: Model, code: ChainCode, shape: tuple[int, 
             on_step(t, p.pred_x0)
         if t == 1:
             i_prev = stack.pop_levels(decoder_probabilities(p.mean, 0.5 * p.log_var, levels))
-            x_prev = level_values(i_prev, levels)
+            x_prev = from_levels(i_prev, levels, torch.float64).numpy()
         else:
             d = code.deltas[t - 2]
             i_prev = stack.pop_gaussian(p.mean / d, np.exp(0.5 * p.log_var) / d, code.window, escape=True)

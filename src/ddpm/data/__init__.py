@@ -1,8 +1,8 @@
 """Datasets of x0 in [-1, 1]: digits, CIFAR-10, image folders, LSUN LMDB, .npz files and 2-D toy data.
 
 ``dataset_for(run_config, split)`` (or ``build_dataset(data_config, shape, split, levels)``) is the entry
-point; ``random_flip`` is the trainer's
-augmentation; ``to_uint8`` / ``from_uint8`` map [-1, 1] to integer levels and back.
+point; ``random_flip`` is the trainer's augmentation; ``to_levels`` / ``from_levels`` map [-1, 1] to integer
+levels and back.
 """
 
 from .base import ArrayImageDataset, PointDataset, held_out_indices
@@ -11,7 +11,7 @@ from .cifar10 import CIFAR10_MD5, CIFAR10_URL, RestrictedUnpickler, load_cifar10
 from .digits import DIGITS_LEVELS, digits_arrays, digits_dataset
 from .errors import DataError
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataset
-from .levels import from_uint8, requantize, to_uint8
+from .levels import from_levels, requantize, to_levels
 from .lsun import LMDBImageDataset
 from .npz import load_npz
 from .toy2d import TOY2D_RADIUS, TOY2D_SIZES, TOY2D_STD, toy2d_centers, toy2d_log_prob, toy2d_sample
@@ -20,7 +20,7 @@ from .transforms import random_flip
 __all__ = [
     "ArrayImageDataset", "CIFAR10_MD5", "CIFAR10_URL", "DIGITS_LEVELS", "DataError", "IMAGE_EXTENSIONS",
     "ImageFolderDataset", "LMDBImageDataset", "PointDataset", "RestrictedUnpickler", "TOY2D_RADIUS",
-    "TOY2D_SIZES", "TOY2D_STD", "build_dataset", "dataset_for", "digits_arrays", "digits_dataset", "from_uint8",
-    "held_out_indices", "load_cifar10", "load_npz", "random_flip", "requantize", "safe_unpickle", "to_uint8",
+    "TOY2D_SIZES", "TOY2D_STD", "build_dataset", "dataset_for", "digits_arrays", "digits_dataset", "from_levels",
+    "held_out_indices", "load_cifar10", "load_npz", "random_flip", "requantize", "safe_unpickle", "to_levels",
     "toy2d_centers", "toy2d_log_prob", "toy2d_sample",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .levels import check_levels, from_uint8
+from .levels import check_levels, from_levels
 
 Split = Literal["train", "test"]
 
@@ -67,7 +67,7 @@ class ArrayImageDataset(Dataset[Tensor]):
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> Tensor:
-        return from_uint8(self.images[i], self.levels)
+        return from_levels(self.images[i], self.levels)
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape

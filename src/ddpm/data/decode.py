@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from .base import check_image_config
 from .errors import DataError
-from .levels import check_levels, from_uint8, requantize
+from .levels import check_levels, from_levels, requantize
 from .transforms import check_min_size, fit_square
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class EncodedImageDataset(Dataset[Tensor]):
 
     def __getitem__(self, i: int) -> Tensor:
         arr = decode_image(self.source_of(i), self.names[i], self.image_size, self.channels)
-        return from_uint8(requantize(arr, 256, self.levels), self.levels)
+        return from_levels(requantize(arr, 256, self.levels), self.levels)
 
     def __repr__(self) -> str:
         shape = (self.channels, self.image_size, self.image_size)

@@ -16,18 +16,19 @@ def check_levels(levels: int) -> int:
     return int(levels)
 
 
-def from_uint8(k: Tensor | np.ndarray, levels: int) -> Tensor:
-    """Integer levels 0..levels-1 as float32 values 2k/(levels-1) - 1 in [-1, 1] (correctly rounded)."""
+def from_levels(k: Tensor | np.ndarray, levels: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Integer levels 0..levels-1 as values 2k/(levels-1) - 1 in [-1, 1] of ``dtype`` (correctly rounded)."""
     levels = check_levels(levels)
-    t = torch.from_numpy(k.astype(np.float32)) if isinstance(k, np.ndarray) else torch.as_tensor(k).float()
+    t = torch.from_numpy(np.asarray(k, dtype=np.float64)) if isinstance(k, np.ndarray) else torch.as_tensor(k)
+    t = t.to(dtype)  # integers below 2**24: exact in float32 as in float64
     return (2 * t - (levels - 1)) / (levels - 1)  # exact integers, then one IEEE division: no double rounding
 
 
-def to_uint8(x: Tensor, levels: int) -> Tensor:
+def to_levels(x: Tensor, levels: int) -> Tensor:
     """Values in [-1, 1] as uint8 levels round((x+1)/2 * (levels-1)), clamped to 0..levels-1."""
     levels = check_levels(levels)
     if not torch.isfinite(x).all():
-        raise ValueError("to_uint8: the input holds NaN or infinite values")
+        raise ValueError("to_levels: the input holds NaN or infinite values")
     x = x.to(torch.promote_types(x.dtype, torch.float32))
     k = torch.round((x + 1.0) * ((levels - 1) / 2.0))
     return k.clamp_(0, levels - 1).to(torch.uint8)

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ddpm.data.digits import DIGITS_LEVELS, digits_arrays
+from ddpm.data.levels import from_levels
 from ddpm.evaluation.frechet import feature_statistics, frechet_distance
 
 __all__ = [
@@ -171,7 +172,7 @@ def to_digits_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:
             f"integer digits images must hold levels 0..{DIGITS_LEVELS - 1}, got range "
             f"[{int(x.min())}, {int(x.max())}] (convert 0..255 images to floats in [-1, 1] first)"
         )
-    return x.float() * (2.0 / (DIGITS_LEVELS - 1)) - 1.0
+    return from_levels(x, DIGITS_LEVELS)
 
 
 def _check_count(x: torch.Tensor, name: str, minimum: int = 2) -> None:

@@ -1,18 +1,18 @@
-"""FID and Inception Score through torchmetrics, with reference statistics that can be saved as .npz.
+"""FID and Inception Score from our own float64 accumulation, with reference statistics that can be saved as .npz.
 
-Feature extraction and accumulation are torchmetrics' (``FrechetInceptionDistance`` and
-``InceptionScore``, each given an ``nn.Module`` extractor). The Fréchet distance itself is
-:func:`ddpm.evaluation.frechet.frechet_distance` (float64, symmetric eigendecomposition route) applied
-to the mean and covariance that torchmetrics accumulates (float64 sums, the same ``n − 1`` covariance as
-``FrechetInceptionDistance.compute``), for both a reference dataset and a precomputed statistics file,
-so the two paths give the same number; the tests check that it equals torchmetrics' own ``compute()``.
+Per batch the extractor gives pool features (and, for IS, logits); :class:`FeatureMoments` accumulates
+n, Σx and Σxxᵀ in float64 → the mean and the unbiased (n − 1) covariance, and :func:`inception_score` forms
+exp E_x KL(p(y|x) ‖ p(y)) over shuffled splits of the logits, with the split rule of torchmetrics'
+``InceptionScore`` (``torch.chunk``: splits of ⌈N/splits⌉, mean and unbiased std over them). The Fréchet
+distance is :func:`ddpm.evaluation.frechet.frechet_distance` (float64, symmetric eigendecomposition route),
+for both a reference dataset and a precomputed statistics file, so the two paths give the same number.
 
 Extractors:
 
 * ``feature_extractor=None`` (default): Inception-v3 with the TF-FID weights, as in pytorch-fid and
-  torch-fidelity: 2048 pool features for FID, the 1008 "unbiased" logits for IS, one forward pass for
-  both. Needs ``torch-fidelity`` (``pip install torch-fidelity``, the ``fid`` extra; it requires a
-  torchvision matching your torch). torch-fidelity DOWNLOADS the weights file
+  torch-fidelity (torchmetrics' ``NoTrainInceptionV3``): 2048 pool features for FID, the 1008 "unbiased"
+  logits for IS, one forward pass for both. Needs torchmetrics and ``torch-fidelity`` (the ``fid`` extra; it
+  requires a torchvision matching your torch). torch-fidelity DOWNLOADS the weights file
   (``weights-inception-2015-12-05-6726825d.pth``, ~96 MB) on first use unless ``inception_weights``
   points at a local copy. Images are resized to 299×299 by the extractor; grey images are repeated to RGB.
 * ``feature_extractor=<nn.Module>``: any module mapping a uint8 NCHW batch to features (N, d), e.g. for
@@ -20,13 +20,13 @@ Extractors:
   logits (N, K)) is also given, otherwise the IS fields are ``None``.
 
 Images are uint8 NCHW in 0..255. Float tensors are taken to be in [-1, 1] (the project's convention) and
-quantised as round((x + 1) · 127.5), like saving them to PNG. Nothing here downloads anything itself.
+quantised to 256 levels (``ddpm.data.levels.to_levels``), like saving them to PNG. Nothing here downloads
+anything itself.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -36,22 +36,24 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ddpm.data.levels import to_levels
 from ddpm.evaluation.frechet import frechet_distance
 from ddpm.outputs import write_npz
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
+    "FeatureMoments",
     "FeatureStatistics",
     "FidDependencyError",
     "FidResult",
     "StatisticsFileError",
     "compute_fid_is",
     "compute_statistics",
+    "inception_score",
     "iter_uint8_batches",
     "load_npz_images",
     "load_statistics",
     "save_statistics",
-    "to_uint8",
 ]
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -163,13 +165,13 @@ def load_statistics(path: PathLike) -> FeatureStatistics:
 # image inputs
 
 
-def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 tensor: uint8 passes through, floats in [-1, 1] become round((x + 1) · 127.5), clamped."""
+def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 images pass through; floats in [-1, 1] become 8-bit levels (clamped), as a PNG stores them."""
     x = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
     if x.dtype == torch.uint8:
         return x
     if x.dtype.is_floating_point:
-        return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return to_levels(x, 256)
     raise ValueError(f"images must be uint8 (0..255) or float in [-1, 1], got dtype {x.dtype}")
 
 
@@ -221,7 +223,7 @@ def iter_uint8_batches(source: ImageSource, batch_size: int = 50) -> Iterator[to
     if isinstance(source, (str, os.PathLike)):
         source = load_npz_images(source)
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        x = to_uint8(source)
+        x = _as_uint8(source)
         if x.ndim == 3:
             x = x.unsqueeze(1)
         if x.ndim != 4:
@@ -233,7 +235,7 @@ def iter_uint8_batches(source: ImageSource, batch_size: int = 50) -> Iterator[to
         source = (dataset[i] for i in range(len(dataset)))  # type: ignore[arg-type]
     pending: list[torch.Tensor] = []
     for item in source:
-        x = to_uint8(_item_image(item))
+        x = _as_uint8(_item_image(item))
         if x.ndim == 4:
             if pending:
                 yield torch.stack(pending)
@@ -254,74 +256,21 @@ def iter_uint8_batches(source: ImageSource, batch_size: int = 50) -> Iterator[to
 # extractors
 
 
-class _Memo(nn.Module):
-    """Runs a module once per input batch object and returns the cached output for repeated calls."""
+@dataclass(frozen=True)
+class _Extractor:
+    """Pool features (N, d) and, when it has a logits head, IS logits (N, K) of a uint8 NCHW batch."""
 
-    def __init__(self, fn: nn.Module | Callable[[torch.Tensor], Any]) -> None:
-        super().__init__()
-        self.fn = fn
-        self._last: tuple[torch.Tensor, Any] | None = None
-
-    def forward(self, x: torch.Tensor) -> Any:
-        """fn(x), computed once for the same tensor object."""
-        if self._last is None or self._last[0] is not x:
-            with torch.no_grad():
-                self._last = (x, self.fn(x))
-        return self._last[1]
-
-
-class _Head(nn.Module):
-    """One output of a shared (memoised) extractor, as a module with ``num_features`` for torchmetrics."""
-
-    def __init__(self, shared: _Memo, index: int | None, num_features: int) -> None:
-        super().__init__()
-        self.shared = shared
-        self.index = index
-        self.num_features = num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features (N, num_features)."""
-        out = self.shared(x)
-        out = out if self.index is None else out[self.index]
-        return out.reshape(x.shape[0], -1)
-
-
-@dataclass
-class _Extractors:
-    """The FID feature head, the optional IS logits head, and the per-batch preparation."""
-
-    features: _Head | None
-    logits: _Head | None
-    prepare: Callable[[torch.Tensor], torch.Tensor]
     name: str
-    feature_module: nn.Module | None = None
-    logits_module: nn.Module | None = None
+    run: Callable[[torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor | None]]  # (batch, want logits)
+    has_logits: bool
+    device: torch.device
 
-    def ensure_heads(self, batch: torch.Tensor) -> None:
-        """Create the custom heads on the first batch (their widths come from running it once)."""
-        if self.features is not None or self.feature_module is None:
-            return
-        self.feature_module.to(batch.device)
-        if self.logits_module is not None:
-            self.logits_module.to(batch.device)
-        shared = _Memo(self.feature_module)
-        self.features = _Head(shared, None, int(shared(batch).reshape(batch.shape[0], -1).shape[1]))
-        if self.logits_module is not None:
-            shared_logits = _Memo(self.logits_module)
-            width = int(shared_logits(batch).reshape(batch.shape[0], -1).shape[1])
-            self.logits = _Head(shared_logits, None, width)
-
-
-def _require_torchmetrics() -> Any:
-    """Import torchmetrics' image metrics or explain what to install."""
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.inception import InceptionScore
-    except ImportError as exc:
-        raise FidDependencyError(
-            "FID/IS need torchmetrics: `pip install torchmetrics` (it keeps your torch build)"
-        ) from exc
-    return FrechetInceptionDistance, InceptionScore
+    def __call__(self, batch: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features (N, d), logits (N, K) or None) of one batch, moved to the extractor's device."""
+        with torch.no_grad():
+            features, logits = self.run(batch.to(self.device), want_logits)
+        n = batch.shape[0]
+        return features.reshape(n, -1), None if logits is None else logits.reshape(n, -1)
 
 
 def _grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -333,16 +282,22 @@ def _grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _default_inception(inception_weights: PathLike | None) -> _Extractors:
-    """torch-fidelity's Inception-v3 (FID pool features + IS logits from one pass), or a clear error."""
+def _default_inception(inception_weights: PathLike | None, device: torch.device) -> _Extractor:
+    """torchmetrics' Inception-v3 of torch-fidelity (FID pool features + IS logits from one pass), or a clear error."""
     if inception_weights is not None and not os.path.isfile(inception_weights):
         raise FileNotFoundError(
             f"inception_weights file {os.fspath(inception_weights)} does not exist "
             f"(expected torch-fidelity's {INCEPTION_WEIGHTS_FILE})"
         )
     try:
-        import torch_fidelity  # noqa: F401
         from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError as exc:
+        raise FidDependencyError(
+            "the default Inception feature extractor needs torchmetrics: `pip install torchmetrics` (it keeps your "
+            "torch build), or pass feature_extractor=<nn.Module>"
+        ) from exc
+    try:
+        import torch_fidelity  # noqa: F401
     except ImportError as exc:
         raise FidDependencyError(
             "the default Inception feature extractor needs torch-fidelity: `pip install torch-fidelity` "
@@ -355,79 +310,101 @@ def _default_inception(inception_weights: PathLike | None) -> _Extractors:
         name="inception-v3-compat",
         features_list=["2048", "logits_unbiased"],
         feature_extractor_weights_path=None if inception_weights is None else os.fspath(inception_weights),
-    )
-    shared = _Memo(net._torch_fidelity_forward)
-    shared.add_module("inception", net)
-    name = "inception-v3 (torch-fidelity)"
-    return _Extractors(_Head(shared, 0, 2048), _Head(shared, 1, 1008), _grey_to_rgb, name)
+    ).to(device)
+
+    def run(x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pool, logits = net._torch_fidelity_forward(_grey_to_rgb(x))  # one pass gives both heads
+        return pool, logits if want_logits else None
+
+    return _Extractor("inception-v3 (torch-fidelity)", run, True, device)
 
 
-def _extractors(
+def _extractor(
     feature_extractor: nn.Module | None,
     logits_extractor: nn.Module | None,
     inception_weights: PathLike | None,
-) -> _Extractors:
-    """Default Inception heads, or custom modules whose heads are built on the first batch."""
+    device: torch.device,
+) -> _Extractor:
+    """The default Inception, or the given feature (and logits) modules, on ``device`` in eval mode."""
     if feature_extractor is None:
         if logits_extractor is not None:
             raise ValueError("logits_extractor needs a feature_extractor (the default Inception has both)")
-        return _default_inception(inception_weights)
-    feature_extractor.eval()
-    if logits_extractor is not None:
-        logits_extractor.eval()
-    name = type(feature_extractor).__name__
-    return _Extractors(None, None, lambda x: x, name, feature_extractor, logits_extractor)
+        return _default_inception(inception_weights, device)
+    features = feature_extractor.to(device).eval()
+    logits = None if logits_extractor is None else logits_extractor.to(device).eval()
+
+    def run(x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return features(x), logits(x) if want_logits and logits is not None else None
+
+    return _Extractor(type(feature_extractor).__name__, run, logits is not None, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # accumulation
 
 
-def _statistics_from_metric(metric: nn.Module, real: bool) -> FeatureStatistics:
-    """Mean and covariance (n − 1) from torchmetrics' FID float64 sums, as its ``compute`` forms them."""
-    side = "real" if real else "fake"
-    n = int(getattr(metric, f"{side}_features_num_samples"))
-    total = getattr(metric, f"{side}_features_sum").detach().double().cpu().numpy()
-    outer = getattr(metric, f"{side}_features_cov_sum").detach().double().cpu().numpy()
-    if n < 2:
-        raise ValueError(f"need at least 2 {'reference' if real else 'sample'} images, got {n}")
-    mu = total / n
-    sigma = (outer - n * np.outer(mu, mu)) / (n - 1)
-    return FeatureStatistics(mu, 0.5 * (sigma + sigma.T), n)
+class FeatureMoments:
+    """n, Σx and Σxxᵀ of feature vectors in float64, added batch by batch: their mean and unbiased covariance."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: torch.Tensor | None = None  # Σx, (d,)
+        self.outer: torch.Tensor | None = None  # Σxxᵀ, (d, d)
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of feature vectors (N, d)."""
+        if features.ndim != 2:
+            raise ValueError(f"features must have shape (N, d), got {tuple(features.shape)}")
+        x = features.detach()
+        x = (x.cpu() if x.device.type == "mps" else x).double()  # MPS has no float64
+        if self.total is None or self.outer is None:
+            self.total, self.outer = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1], x.shape[1])
+        elif x.shape[1] != self.total.shape[0]:
+            raise ValueError(f"features of width {x.shape[1]} after features of width {self.total.shape[0]}")
+        self.n += x.shape[0]
+        self.total += x.sum(dim=0)
+        self.outer += x.T @ x
+
+    def statistics(self, what: str = "feature vectors") -> FeatureStatistics:
+        """μ = Σx / n and Σ = (Σxxᵀ − n μμᵀ) / (n − 1), float64 (``what`` names the inputs in the error)."""
+        if self.n < 2 or self.total is None or self.outer is None:
+            raise ValueError(f"need at least 2 {what}, got {self.n}")
+        mu = self.total.cpu().numpy() / self.n
+        sigma = (self.outer.cpu().numpy() - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return FeatureStatistics(mu, 0.5 * (sigma + sigma.T), self.n)
 
 
-@dataclass
-class _Accumulator:
-    """Lazily built torchmetrics FID/IS metrics fed from batches through the extractors."""
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float | None]:
+    """IS = exp E_x KL(p(y|x) ‖ p(y)) on splits of the logits (N, K) shuffled with ``seed``: mean and std over splits.
 
-    extractors: _Extractors
-    device: torch.device
-    want_is: bool
-    is_splits: int = 10
-    fid: Any = None
-    inception_score: Any = None
+    The splits are torchmetrics' (``torch.chunk``: ⌈N/splits⌉ each, the last shorter, so fewer than ``splits``
+    when N is small), p(y) is the mean of p(y|x) within a split, and the std is unbiased (None for one split).
+    """
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must have shape (N, K) with N >= 1, got {tuple(logits.shape)}")
+    order = torch.randperm(logits.shape[0], generator=torch.Generator().manual_seed(seed))
+    log_p = logits.detach().cpu().double()[order].log_softmax(dim=1)  # log p(y|x)
+    scores = []
+    for part in log_p.chunk(splits):
+        log_marginal = part.exp().mean(dim=0).log()  # log p(y) of this split
+        kl = (part.exp() * (part - log_marginal)).sum(dim=1)  # KL(p(y|x) ‖ p(y)) per image
+        scores.append(kl.mean().exp())
+    s = torch.stack(scores)
+    return float(s.mean()), float(s.std()) if len(scores) > 1 else None
 
-    def update(self, batch: torch.Tensor, real: bool) -> None:
-        """Feed one uint8 batch to FID (real or fake side) and, for samples, to IS."""
-        batch = self.extractors.prepare(batch.to(self.device))
-        self.extractors.ensure_heads(batch)
-        self._build()
-        with torch.no_grad():
-            self.fid.update(batch, real=real)
-            if not real and self.inception_score is not None:
-                self.inception_score.update(batch)
 
-    def _build(self) -> None:
-        """Construct the torchmetrics metrics on first use."""
-        if self.fid is not None:
-            return
-        fid_cls, is_cls = _require_torchmetrics()
-        self.fid = fid_cls(feature=self.extractors.features, normalize=False).to(self.device)
-        if self.want_is and self.extractors.logits is not None:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-                metric = is_cls(feature=self.extractors.logits, splits=self.is_splits, normalize=False)
-            self.inception_score = metric.to(self.device)
+def _accumulate(source: ImageSource, extractor: _Extractor, batch_size: int,
+                logits: list[torch.Tensor] | None = None) -> FeatureMoments:
+    """Feature moments of an image source; each batch's IS logits appended (on the CPU) to ``logits`` if given."""
+    moments = FeatureMoments()
+    for batch in iter_uint8_batches(source, batch_size):
+        features, batch_logits = extractor(batch, logits is not None)
+        moments.update(features)
+        if logits is not None and batch_logits is not None:
+            logits.append(batch_logits.cpu())
+    return moments
 
 
 def compute_statistics(
@@ -438,12 +415,8 @@ def compute_statistics(
     device: str | torch.device = "cpu",
 ) -> FeatureStatistics:
     """Feature mean/covariance of an image source (for :func:`save_statistics` and reuse as a reference)."""
-    acc = _Accumulator(_extractors(feature_extractor, None, inception_weights), torch.device(device), False)
-    for batch in iter_uint8_batches(source, batch_size):
-        acc.update(batch, real=True)
-    if acc.fid is None:
-        raise ValueError("need at least 2 reference images, got 0")
-    return _statistics_from_metric(acc.fid, real=True)
+    extractor = _extractor(feature_extractor, None, inception_weights, torch.device(device))
+    return _accumulate(source, extractor, batch_size).statistics("reference images")
 
 
 def compute_fid_is(
@@ -469,31 +442,17 @@ def compute_fid_is(
         raise ValueError(f"is_splits must be >= 1, got {is_splits}")
     ref_file = isinstance(reference, (str, os.PathLike))
     ref = load_statistics(reference) if ref_file else None  # a bad file fails before any extraction
-    extractors = _extractors(feature_extractor, logits_extractor, inception_weights)
-    acc = _Accumulator(extractors, torch.device(device), True, is_splits)
-    for batch in iter_uint8_batches(samples, batch_size):
-        acc.update(batch, real=False)
-    if acc.fid is None:
-        raise ValueError("need at least 2 sample images, got 0")
-    stats = _statistics_from_metric(acc.fid, real=False)
-    if ref is not None:
-        if ref.mu.shape != stats.mu.shape:
-            raise StatisticsFileError(
-                f"statistics file {os.fspath(reference)} has {ref.mu.shape[0]} features but the extractor "
-                f"gives {stats.mu.shape[0]}"
-            )
-    else:
-        for batch in iter_uint8_batches(reference, batch_size):
-            acc.update(batch, real=True)
-        ref = _statistics_from_metric(acc.fid, real=True)
-    is_mean = is_std = None
-    if acc.inception_score is not None:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # std of a single split
-            torch.manual_seed(seed)
-            mean, std = acc.inception_score.compute()
-        is_mean = float(mean)
-        is_std = float(std) if torch.isfinite(std) else None
+    extractor = _extractor(feature_extractor, logits_extractor, inception_weights, torch.device(device))
+    logits: list[torch.Tensor] | None = [] if extractor.has_logits else None  # IS sees the samples only
+    stats = _accumulate(samples, extractor, batch_size, logits).statistics("sample images")
+    if ref is None:
+        ref = _accumulate(reference, extractor, batch_size).statistics("reference images")
+    elif ref.mu.shape != stats.mu.shape:
+        raise StatisticsFileError(
+            f"statistics file {os.fspath(reference)} has {ref.mu.shape[0]} features but the extractor "
+            f"gives {stats.mu.shape[0]}"
+        )
+    is_mean, is_std = inception_score(torch.cat(logits), is_splits, seed) if logits is not None else (None, None)
     return FidResult(
         fid=frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma),
         inception_score_mean=is_mean,
@@ -501,5 +460,5 @@ def compute_fid_is(
         n_samples=int(stats.n or 0),
         n_reference=ref.n,
         feature_dim=int(stats.mu.shape[0]),
-        extractor=extractors.name,
+        extractor=extractor.name,
     )

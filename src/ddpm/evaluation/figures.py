@@ -1,63 +1,19 @@
-"""Figures of the evaluation commands: image grids and strips (PIL) and plots (matplotlib, Agg backend)."""
+"""Plots of the evaluation commands (matplotlib, Agg backend); image grids and strips are ``ddpm.images``."""
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..images import image_grid, to_display_uint8  # noqa: E402
 from ..outputs import atomic_file  # noqa: E402
 
-to_nhwc_uint8 = to_display_uint8  # images (B, C, H, W) in [-1, 1] → uint8 (B, H, W, C) on 0..255
-
-
-def display_scale(height: int, target_px: int = 64) -> int:
-    """Integer upscaling so that a tile is about ``target_px`` pixels high (small images become visible)."""
-    return max(1, target_px // max(height, 1))
-
-
-def save_image_grid(path: str | Path, images: np.ndarray, nrow: int | None = None, pad: int = 1,
-                    scale: int | None = None) -> Path:
-    """uint8 images (B, H, W, C) as one PNG grid of ``nrow`` per row (default: square)."""
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images (B, H, W, C), got {images.dtype} {images.shape}")
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        image_grid(images, nrow, pad, scale or display_scale(images.shape[1])).save(tmp)
-    return path
-
-
-def save_image_rows(path: str | Path, rows: np.ndarray, pad: int = 1, scale: int | None = None) -> Path:
-    """uint8 rows (R, K, H, W, C) as a PNG of R rows and K columns (strips of Figs. 6-8)."""
-    if rows.ndim != 5:
-        raise ValueError(f"expected uint8 rows (R, K, H, W, C), got shape {rows.shape}")
-    R, K = rows.shape[:2]
-    return save_image_grid(path, rows.reshape(R * K, *rows.shape[2:]), nrow=K, pad=pad, scale=scale)
-
-
-def grid_size(n: int, nrow: int, height: int, width: int, pad: int = 1, scale: int = 1) -> tuple[int, int]:
-    """(width, height) in pixels of the PNG ``save_image_grid`` writes for n tiles of height × width."""
-    rows = math.ceil(n / nrow)
-    return (nrow * (width + pad) + pad) * scale, (rows * (height + pad) + pad) * scale
-
-
-def open_png(path: str | Path) -> Image.Image:
-    """A PNG loaded fully (for checks)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.copy()
-
-
-# --- plots -------------------------------------------------------------------------------------
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)

@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
+from ..images import save_image_grid, to_display_uint8
 from ..outputs import write_npz
 from ..sampling import interpolate, sample_generators
 from .common import CommonOptions, DataChoice, is_image_model, limited, load_split, session, write_json, write_run_info
-from .figures import save_image_rows, to_nhwc_uint8
 from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
@@ -143,13 +143,13 @@ def run_interpolate(common: CommonOptions,
 def write_interpolation(out: Path, rows: Tensor, pairs: list[tuple[int, int]], times: list[int],
                         lambdas: list[float]) -> InterpolateResult:
     """The PNG (x₀ | λ grid | x'₀ per row) and the .npz (``images`` (R, L, H, W, C) decoded, ``sources``)."""
-    R, K = rows.shape[:2]
-    grid = to_nhwc_uint8(rows.reshape(R * K, *rows.shape[2:])).reshape(R, K, *rows.shape[3:], rows.shape[2])
+    R = rows.shape[0]
+    grid = to_display_uint8(rows)
     npz = out / "interpolation.npz"
     write_npz(npz, images=grid[:, 1:-1], sources=grid[:, [0, -1]], lambdas=np.array(lambdas),
              t=np.array([times[r % len(times)] for r in range(R)]),
              pairs=np.array([pairs[r // len(times)] for r in range(R)]))
-    png = save_image_rows(out / "interpolation.png", grid)
+    png = save_image_grid(out / "interpolation.png", grid)
     result = InterpolateResult(tuple(pairs), tuple(times), tuple(lambdas), str(png), str(npz))
     write_json(out / "interpolation.json", result)
     return result

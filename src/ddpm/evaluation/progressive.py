@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model, randn
+from ..images import save_image_grid, to_display_uint8
 from ..outputs import write_npz
 from ..sampling import ancestral_steps, reconstruct_from, sample_generators
 from ..schedules import spaced_steps
@@ -31,7 +32,6 @@ from .common import (
     write_json,
     write_run_info,
 )
-from .figures import save_image_rows, to_nhwc_uint8
 from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
@@ -184,21 +184,15 @@ def _fig7(s: Session, common: CommonOptions, options: ProgressiveOptions, images
     return torch.cat(parts) if parts is not None else None
 
 
-def _rows_uint8(rows: Tensor) -> np.ndarray:
-    """(R, K, C, H, W) in [-1, 1] → uint8 (R, K, H, W, C) (x_t is clipped for display)."""
-    R, K = rows.shape[:2]
-    return to_nhwc_uint8(rows.reshape(R * K, *rows.shape[2:])).reshape(R, K, *rows.shape[3:], rows.shape[2])
-
-
 def write_progressive(out: Path, fig6: Tensor, fig7: Tensor, at: list[int], share_t: list[int],
                       indices: list[int]) -> ProgressiveResult:
     """The two figures as PNG and uint8 .npz, and progressive.json."""
-    strip, grid = _rows_uint8(fig6), _rows_uint8(fig7)
+    strip, grid = to_display_uint8(fig6), to_display_uint8(fig7)  # x_t is clipped for display
     write_npz(out / "progressive.npz", pred_x0=strip, at=np.array(at))
     write_npz(out / "shared_xt.npz", images=grid, t=np.array(share_t), image_indices=np.array(indices),
              columns=np.array(["x0", "x_t"] + [f"sample_{i}" for i in range(grid.shape[1] - 2)]))
     result = ProgressiveResult(tuple(at), tuple(share_t), tuple(indices),
-                               str(save_image_rows(out / "progressive.png", strip)), str(out / "progressive.npz"),
-                               str(save_image_rows(out / "shared_xt.png", grid)), str(out / "shared_xt.npz"))
+                               str(save_image_grid(out / "progressive.png", strip)), str(out / "progressive.npz"),
+                               str(save_image_grid(out / "shared_xt.png", grid)), str(out / "shared_xt.npz"))
     write_json(out / "progressive.json", result)
     return result

@@ -11,34 +11,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import inspect_checkpoint
-from ..config import ConfigError, RunConfig, check_float, check_int, check_seed, shown
+from ..config import ConfigError, check_float, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
-from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
-from ..processes import check_device, leave_processes
+from ..images import save_image_grid, to_display_uint8
+from ..outputs import safe_name, write_npz
 from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample, sample_generators
 from ..schedules import SPACINGS, Spacing
-from .common import (
-    CommonOptions,
-    DataChoice,
-    batched,
-    is_image_model,
-    load_split,
-    session,
-    write_info_files,
-    write_json,
-    write_run_info,
-)
-from .digits_metric import DigitsQuality, evaluate_digits
-from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
-from .figures import plot_class_histograms, plot_points, save_image_grid, to_nhwc_uint8
-from .parallel import gather_to_main, join_evaluation, shard
+from .common import CommonOptions, batched, is_image_model, session, write_json, write_run_info
+from .figures import plot_points
+from .parallel import gather_to_main, shard
 
 
 @dataclass(frozen=True)
@@ -85,7 +71,7 @@ def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...],
                disable=not progress, leave=False)
     for idx in batched(indices, batch_size):
         x = sample_batch(model, diffusion, shape, spec, seed, int(idx[0]), len(idx), device)
-        out.append(to_nhwc_uint8(x) if image else x.float().cpu().numpy())
+        out.append(to_display_uint8(x) if image else x.float().cpu().numpy())
         bar.update(len(idx))
     bar.close()
     if not out:
@@ -160,8 +146,7 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     write_npz(npz, **{"images" if image else "points": samples})
     if image:
-        on_grid = samples[:options.grid]
-        save_image_grid(png, on_grid, nrow=max(1, math.ceil(math.sqrt(len(on_grid)))))
+        save_image_grid(png, samples[:options.grid])  # a square grid
     else:
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
@@ -170,120 +155,3 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
                           len(samples) / seconds if seconds > 0 else math.nan, world_size)
     write_json(out / f"{name}.json", result)
     return result
-
-
-# --- sample quality: FID/IS (Table 1) or, for digits, the offline digits metric ---------------------
-
-def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 images (N, C, H, W) on 0..255 as floats in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
-
-
-def digits_quality(images: np.ndarray | torch.Tensor, seed: int = 0) -> DigitsQuality:
-    """Digits Fréchet distance and classifier score of samples beside the real-vs-real baseline.
-
-    ``images``: uint8 NHWC or NCHW on 0..255 (as ``ddpm sample`` writes them), or floats in [-1, 1] (N, 1, 8, 8).
-    """
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images on 0..255, got {images.dtype}")
-        if images.ndim == 4 and images.shape[-1] == 1 and images.shape[1] != 1:
-            images = images.transpose(0, 3, 1, 2)
-        images = uint8_to_unit(images)
-    return evaluate_digits(images, seed=seed)
-
-
-@dataclass(frozen=True)
-class FidOptions:
-    """What ``ddpm fid`` measures."""
-
-    samples: str                              # .npz of uint8 samples (key `images`), e.g. from `ddpm sample`
-    out: str = "fid"                          # output folder
-    checkpoint: str | None = None             # the model whose data section names the reference dataset
-    reference_stats: str | None = None        # precomputed reference statistics (.npz with mu, sigma)
-    data: DataChoice = DataChoice("train")    # the reference dataset (the paper: the training set)
-    inception_weights: str | None = None      # local torch-fidelity Inception weights file (else it downloads)
-    digits: bool | None = None                # digits metric instead of FID (None: when the dataset is digits)
-    save_stats: str | None = None             # also save the reference statistics computed from the dataset
-    is_splits: int = 10                       # Inception Score splits
-    seed: int = 0
-    batch_size: int = 50
-    device: str = "cpu"
-    limit: int | None = None                  # use the first N samples
-    feature_extractor: Any = None             # an nn.Module (uint8 NCHW → features) instead of Inception
-    overwrite: bool = False                   # write into an --out (or --save-stats) that holds other files
-
-    def __post_init__(self) -> None:
-        check_int("--is-splits", self.is_splits, 1)
-        check_seed("--seed", self.seed)
-        check_int("--batch-size", self.batch_size, 1)
-        check_device(self.device, allow_auto=False)  # handed to torch as it is
-        if self.limit is not None:  # images[:limit]: a negative limit would silently drop samples from the end
-            check_int("--limit", self.limit, 1)
-        if self.digits is not None and not isinstance(self.digits, bool):
-            raise ConfigError(f"--digits must be true, false or None (by the dataset), got {shown(self.digits)}")
-
-
-@dataclass(frozen=True)
-class FidReport:
-    """FID/IS of the samples, or the digits metric."""
-
-    metric: str                               # "fid" or "digits"
-    fid: FidResult | None = None
-    digits: DigitsQuality | None = None
-    json: str = ""
-
-
-def run_fid(options: FidOptions) -> FidReport | None:
-    """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    group = join_evaluation()
-    try:
-        if not group.is_main:
-            return None  # the metrics accumulate inside torchmetrics: one process does all of it
-        cfg = _checkpoint_config(options.checkpoint)
-        digits = options.digits if options.digits is not None else (
-            cfg is not None and (options.data.dataset or cfg.data.dataset) == "digits")
-        if options.save_stats:
-            check_output_file(options.save_stats, options.overwrite, "--save-stats")
-        check_output_dir(options.out, "fid", options.overwrite)
-        images = load_npz_images(options.samples)[:options.limit]
-        with OutputDir(options.out, "fid", overwrite=options.overwrite) as out:
-            report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg)
-            save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
-            write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
-                             world_size=group.world_size)
-        return report
-    finally:
-        leave_processes(group)
-
-
-def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:
-    """The run config saved in a checkpoint (read from meta.json alone: no tensor is loaded)."""
-    return None if checkpoint is None else RunConfig.from_dict(inspect_checkpoint(checkpoint).config)
-
-
-def _digits_report(out: Path, images: np.ndarray, options: FidOptions) -> FidReport:
-    """The digits metric of uint8 NCHW samples, with its JSON and the class histogram figure."""
-    q = digits_quality(images, options.seed)
-    plot_class_histograms(out / "digits_classes.png", q.class_histogram, q.class_histogram_real)
-    return FidReport("digits", digits=q, json=str(write_json(out / "digits_quality.json", q.as_dict())))
-
-
-def _fid_report(out: Path, images: np.ndarray, options: FidOptions, cfg: RunConfig | None) -> FidReport:
-    """FID/IS of uint8 NCHW samples against the statistics file or the configured dataset."""
-    reference: Any
-    if options.reference_stats is not None:
-        reference = options.reference_stats
-    elif cfg is not None:
-        reference = load_split(cfg, options.data)
-        if options.save_stats:
-            stats = compute_statistics(reference, options.feature_extractor, options.inception_weights,
-                                       batch_size=options.batch_size, device=options.device)
-            save_statistics(options.save_stats, stats.mu, stats.sigma, stats.n)
-            reference = options.save_stats
-    else:
-        raise ValueError("ddpm fid needs --ref-stats FILE or --checkpoint (whose dataset is the reference)")
-    r = compute_fid_is(images, reference, options.feature_extractor, options.inception_weights,
-                       batch_size=options.batch_size, is_splits=options.is_splits, seed=options.seed,
-                       device=options.device)
-    return FidReport("fid", fid=r, json=str(write_json(out / "fid.json", r.as_dict())))

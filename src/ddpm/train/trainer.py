@@ -37,7 +37,7 @@ from ..checkpoint import (
 from ..config import ConfigError, RunConfig, check_resume_config
 from ..data import dataset_for, random_flip
 from ..diffusion import GaussianDiffusion, randn
-from ..images import save_grid
+from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import network_for
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
@@ -340,7 +340,7 @@ class Trainer:
         shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
         x = sample(net, self.diffusion, shape, torch.Generator().manual_seed(self.cfg.train.seed),
                    steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
-        save_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", x, nrow=8)
+        save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
 
 
