@@ -70,7 +70,7 @@ def _kind(annotation: Any) -> dict[str, Any]:
 
 
 def _with_default(text: str, default: object) -> str:
-    """The help text with the default appended (None says its meaning in words; bools and required options need none)."""
+    """The help text with the default appended (a None default is said in words; bools and required ones need none)."""
     if default is None or default is dataclasses.MISSING or isinstance(default, bool):
         return text
     return f"{text} (default {default})"
