@@ -77,7 +77,7 @@ NLL_HELP = {
     "steps": "bound of the chain respaced to this many steps (default: all T)",
     "variance": "reverse variance: the model's or Analytic-DPM's optimal one from the Gamma estimate beside the "
                 "checkpoint (computed on the training split if missing)",
-    "n_images": f"training images for a Gamma estimate computed now (default {DEFAULT_IMAGES})",
+    "n_images": f"training images for a Gamma estimate computed now (default: {DEFAULT_IMAGES})",
     "recompute": "recompute and replace the stored Gamma estimate",
     **DATA_HELP, **_CLIP,
 }
@@ -186,7 +186,7 @@ PROGRESSIVE_HELP = {
     "rows": "Fig. 6: samples",
     "at": "Fig. 6: steps shown, e.g. 1000,750,500,250,1 (default: evenly spaced, --columns of them)",
     "columns": "Fig. 6: number of steps without --at",
-    "share_t": "Fig. 7: times of the frozen x_t (default T,3T/4,T/2,T/4)",
+    "share_t": "Fig. 7: times of the frozen x_t (default: T,3T/4,T/2,T/4)",
     "share_samples": "Fig. 7: samples per x_t",
     "images": "Fig. 7: test-image indices (default: the first --share-images)",
     "share_images": "Fig. 7: number of test images",
@@ -219,7 +219,7 @@ def run_progressive_cmd(args: argparse.Namespace) -> int:
 # --- interpolate ---------------------------------------------------------------------------------
 
 INTERPOLATE_HELP = {
-    "t": "mixing time(s) (default 500 for T = 1000, else T/2); several give one row each",
+    "t": "mixing time(s) (default: 500 for T = 1000, else T/2); several give one row each",
     "lambdas": "λ grid size over [0, 1]",
     "pairs": "random pairs without --indices",
     "indices": "explicit pairs of test-image indices: a,b[,c,d,...]",
@@ -309,7 +309,7 @@ ANALYTIC_VARIANCE_HELP = {
     **COMMON_HELP,
     "seed": "seeds the noise draws",
     "batch_size": "images per network call",
-    "n_images": f"training images to average over (default {DEFAULT_IMAGES}, at most the split)",
+    "n_images": f"training images to average over (default: {DEFAULT_IMAGES}, at most the split)",
     "recompute": "replace an estimate already stored",
     **DATA_HELP,
 }
