@@ -81,25 +81,30 @@ def is_options(annotation: Any) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, helps: Help, defaults: Mapping[str, Any] | None = None,
-                *, _instance: object = None) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, helps: Help,
+                defaults: Mapping[str, Any] | None = None) -> None:
     """An option per field of ``cls`` named in ``helps``; ``defaults`` replaces a field's default for this command."""
+    _add_fields(parser, cls, helps, defaults or {}, None)
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, helps: Help, defaults: Mapping[str, Any],
+                instance: object) -> None:
+    """``add_options``, the defaults read from ``instance`` when there is one (a nested field's default)."""
     hints = typing.get_type_hints(cls)
     taken = {a.dest for a in parser._actions}
     for f in dataclasses.fields(cls):
-        if _instance is not None:
-            default = getattr(_instance, f.name)
+        if instance is not None:
+            default = getattr(instance, f.name)
         elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        if defaults and f.name in defaults:
-            default = defaults[f.name]
+        default = defaults.get(f.name, default)
         if is_options(hints[f.name]):
-            add_options(parser, hints[f.name], helps, defaults,
-                        _instance=hints[f.name]() if default is dataclasses.MISSING else default)
+            _add_fields(parser, hints[f.name], helps, defaults,
+                        hints[f.name]() if default is dataclasses.MISSING else default)
             continue
         if f.name not in helps:
             continue  # not a command-line option (e.g. a Python object, or a knob the command leaves alone)

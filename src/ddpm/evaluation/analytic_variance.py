@@ -132,7 +132,7 @@ class AnalyticVarianceOptions:
     seed: int = 0                                   # seeds the noise draws
     batch_size: int = 64                            # images per network call
     device: str = DEFAULT_DEVICE                    # resolved by ddpm.processes.device_for
-    data: DataChoice = DataChoice("train")          # the estimate averages over training images
+    data: DataChoice = DataChoice(split="train")    # the estimate averages over training images
     recompute: bool = False                         # replace an estimate already stored
 
     def __post_init__(self) -> None:
