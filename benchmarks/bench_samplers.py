@@ -76,11 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: bool,
           spacing: str = "uniform") -> list[SamplerSpec]:
     """Ancestral on all T steps, then each sampler at each step count that fits in T."""
-    out = [SamplerSpec("ancestral")] if ancestral else []
+    out = [SamplerSpec(sampler="ancestral")] if ancestral else []
     skipped = [k for k in steps if not 1 <= k <= T]
     if skipped:
         print(f"skipping steps {skipped}: the model has T = {T}", file=sys.stderr)
-    return out + [SamplerSpec(name, k, eta if SAMPLERS[name].takes_eta else 0.0, spacing=spacing)  # type: ignore
+    return out + [SamplerSpec(sampler=name, steps=k, eta=eta if SAMPLERS[name].takes_eta else 0.0,
+                              spacing=spacing)  # type: ignore[arg-type]
                   for name in samplers for k in steps if 1 <= k <= T]
 
 

@@ -204,11 +204,11 @@ def test_direct_construction_and_json_are_checked_as_well():
 
 
 @pytest.mark.parametrize("build,needle", [
-    (lambda: CommonOptions("c", "o", seed=-1), "--seed must be in 0.."),
-    (lambda: CommonOptions("c", "o", batch_size=0), "--batch-size must be >= 1"),
-    (lambda: CommonOptions("c", "o", limit=-1), "--limit must be >= 1"),
-    (lambda: CommonOptions("c", "o", device="banana"), "--device 'banana' is not a device"),
-    (lambda: DataChoice("val"), "--split must be train or test, got 'val'"),  # type: ignore[arg-type]
+    (lambda: CommonOptions(checkpoint="c", out="o", seed=-1), "--seed must be in 0.."),
+    (lambda: CommonOptions(checkpoint="c", out="o", batch_size=0), "--batch-size must be >= 1"),
+    (lambda: CommonOptions(checkpoint="c", out="o", limit=-1), "--limit must be >= 1"),
+    (lambda: CommonOptions(checkpoint="c", out="o", device="banana"), "--device 'banana' is not a device"),
+    (lambda: DataChoice(split="val"), "--split must be train or test, got 'val'"),  # type: ignore[arg-type]
     (lambda: NLLOptions(t_batch=0), "--t-batch must be >= 1"),
     (lambda: NLLOptions(steps=0), "--steps must be >= 1"),
     (lambda: NLLOptions(decoder="gauss"), "--decoder must be auto, discretized or continuous"),  # type: ignore

@@ -25,7 +25,8 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
-@pytest.mark.parametrize("spec", [SamplerSpec(), SamplerSpec("ddim", 5), SamplerSpec("ddim", 4, eta=1.0)])
+@pytest.mark.parametrize("spec", [SamplerSpec(), SamplerSpec(sampler="ddim", steps=5),
+                                  SamplerSpec(sampler="ddim", steps=4, eta=1.0)])
 def test_samples_do_not_depend_on_batching(ckpt, spec):
     m = load_model(ckpt)
     whole = generate(m, m.diffusion, (1, 8, 8), spec, 7, range(0, 9), batch_size=9)

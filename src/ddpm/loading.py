@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from .nets import network_for
 from .nets.precision import in_bfloat16
 
 Shapes = Mapping[str, tuple[int, ...]]
+Weights = Literal["ema", "model"]  # the EMA weights (what the paper evaluates) or the raw ones
 _FLOATS = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names a float32 network can load
 _SHOWN = 5  # problems listed per kind in an error message (one line, however many there are)
 
@@ -48,13 +50,13 @@ class LoadedModel:
         return self.config.model.sample_shape
 
 
-def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, weights: Weights = "ema", device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint directory (or a run directory's latest) for sampling; ``weights`` is "ema" or "model".
 
     The EMA weights are what the paper evaluates; a model-only checkpoint (e.g. converted official weights,
     which are EMA weights already) has just one set, used for either choice.
     """
-    if weights not in ("ema", "model"):
+    if weights not in get_args(Weights):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     info = inspect_checkpoint(path)  # meta.json and the headers: bounded reads, no tensor
     try:

@@ -61,6 +61,7 @@ def leave_processes(group: ProcessGroup) -> None:
         dist.destroy_process_group()
 
 
+DEFAULT_DEVICE = "auto"  # every command's --device: the GPU when there is one (device_for resolves it)
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda)(:(0|[1-9][0-9]{0,3}))?")
 
 

@@ -29,6 +29,7 @@ from .evaluation.rate_distortion import rate_distortion_curve
 from .evaluation.report import Figure, write_report
 from .images import save_image_grid, to_display_uint8
 from .outputs import OutputDir, OutputError, check_output_dir, write_text
+from .processes import DEFAULT_DEVICE, check_device
 from .sampling import sample, sample_generators
 from .train import Trainer
 
@@ -44,6 +45,7 @@ class QuickstartOptions:
     t_per_batch: int = 25             # bound terms evaluated per network call
     seed: int = 0                     # seeds training, sampling and evaluation
     progress: bool = True             # progress bars
+    device: str = DEFAULT_DEVICE      # trains, samples and evaluates there (ddpm.processes.device_for)
     overwrite: bool = False           # replace an earlier quickstart in the same folder (its run is deleted)
 
     def __post_init__(self) -> None:
@@ -56,6 +58,7 @@ class QuickstartOptions:
             check_int("--nll-images", self.nll_images, 1)
         check_int("t_per_batch", self.t_per_batch, 1)
         check_seed("--seed", self.seed)
+        check_device(self.device)
 
 
 @dataclass
@@ -104,20 +107,20 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     tick = time.perf_counter()
     if options.overwrite and (out / "run").exists():
         shutil.rmtree(out / "run")  # asked for with --overwrite
-    trainer = Trainer(cfg, out / "run", progress=options.progress)
+    trainer = Trainer(cfg, out / "run", device=options.device, progress=options.progress)
     trainer.run()
     timings["train_s"] = time.perf_counter() - tick
     net = trainer.ema_model()
-    diffusion = trainer.diffusion
+    diffusion, device = trainer.diffusion, trainer.device
     shape = (options.n_samples, *cfg.model.sample_shape)
 
     tick = time.perf_counter()
-    x_anc = sample(net, diffusion, shape, sample_generators(options.seed, 0, options.n_samples),
-                   progress=options.progress)
+    x_anc = sample(net, diffusion, shape, sample_generators(options.seed, 0, options.n_samples), device=device,
+                   progress=options.progress).cpu()
     timings["ancestral_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     x_ddim = sample(net, diffusion, shape, sample_generators(options.seed, 0, options.n_samples), sampler="ddim",
-                    steps=options.ddim_steps, progress=options.progress)
+                    steps=options.ddim_steps, device=device, progress=options.progress).cpu()
     timings["ddim_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -125,7 +128,7 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     n_test = len(test) if options.nll_images is None else min(options.nll_images, len(test))
     # one pass of the bound gives bits/dim (Table 1) and rate–distortion (Fig. 5)
     totals = bound_totals(net, diffusion, test, range(n_test), seed=options.seed + 1, batch_size=64,
-                          t_per_batch=options.t_per_batch, progress=options.progress)
+                          t_per_batch=options.t_per_batch, device=device, progress=options.progress)
     timings["nll_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -134,7 +137,7 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     timings["quality_s"] = time.perf_counter() - tick
 
     x_test = torch.stack([test[i] for i in range(min(100, len(test)))])
-    figures = _figures(out, net, diffusion, x_anc, x_ddim, x_test, totals, options)
+    figures = _figures(out, net, diffusion, x_anc, x_ddim, x_test, totals, options, device)
     total = totals.total_bpd
     result = QuickstartResult(
         out_dir=str(out), train_steps=cfg.train.total_steps, train_seconds=timings["train_s"],
@@ -156,10 +159,10 @@ def _quality(q: DigitsQuality) -> dict[str, Any]:
 
 def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_anc: torch.Tensor,
              x_ddim: torch.Tensor, x_test: torch.Tensor, totals: BoundTotals,
-             options: QuickstartOptions) -> list[Figure]:
+             options: QuickstartOptions, device: torch.device) -> list[Figure]:
     """The report's PNGs: sample grids, Fig. 6 strip, Fig. 5 curves and the loss curve."""
     at = evenly_spaced_times(diffusion.T, 10)
-    strip = progressive_x0(net, diffusion, tuple(x_anc.shape[1:]), at, options.seed + 2, range(8))
+    strip = progressive_x0(net, diffusion, tuple(x_anc.shape[1:]), at, options.seed + 2, range(8), device=device).cpu()
     points = rate_distortion_curve(totals)
     return [
         Figure(save_image_grid(out / "samples_ancestral.png", to_display_uint8(x_anc[:100]), nrow=10).name,

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
+from ..compression import CodecOptions
+from ..loading import Weights
 from ..outputs import OutputDir, check_output_dir, check_output_file, write_bytes
+from .options import Flag, add_options, build
 from .types import non_negative_int
 
 _EPILOG = ("The file records the model's hash, the image shape, count and levels, and the chain it was coded "
            "with; decompress with the same checkpoint and --weights, on the same kind of machine (network "
            "outputs must match bit for bit; the decoder verifies that they did).")
+
+
+# help texts by field name; the defaults are CodecOptions' own. No --device: the coder runs on the CPU, where
+# network outputs repeat bit for bit from sender to receiver (docs/compression.md)
+CODEC_HELP = {
+    "steps": "code a chain respaced to this many steps (default: all T; fewer is faster and costs the respaced "
+             "bound, see ddpm nll --steps)",
+    "batch_size": "most images coded side by side",
+    "grid_log2": "latent grid δ_t = 2^N × the narrowest std coding x_t",
+    "window": "coding windows of ± N standard deviations",
+    "clip_denoised": Flag("do not clip x̂₀ to [-1, 1] inside p_θ", names=("--no-clip",)),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="8-bit PNG files or folders of them, at the model's size and levels")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its latest)")
     p.add_argument("--out", required=True, help="the compressed file to write")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
-    p.add_argument("--steps", type=int, help="code a chain respaced to this many steps (default: all T; fewer is "
-                                             "faster and costs the respaced bound, see ddpm nll --steps)")
-    p.add_argument("--batch-size", type=int, default=8, help="most images coded side by side (default 8)")
-    p.add_argument("--grid-log2", type=int, default=0,
-                   help="latent grid δ_t = 2^N × the narrowest std coding x_t (default 0)")
-    p.add_argument("--window", type=int, default=8, help="coding windows of ± N standard deviations (default 8)")
-    p.add_argument("--no-clip", action="store_true", help="do not clip x̂₀ to [-1, 1] inside p_θ")
+    p.add_argument("--weights", choices=get_args(Weights), default="ema", help="EMA weights (default) or raw")
+    add_options(p, CodecOptions, CODEC_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run_compress)
@@ -40,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="a file written by ddpm compress")
     p.add_argument("--checkpoint", required=True, help="the checkpoint it was compressed with")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
+    p.add_argument("--weights", choices=get_args(Weights), default="ema", help="EMA weights (default) or raw")
     p.add_argument("--previews", type=non_negative_int, default=0,
                    help="x̂₀ preview grids at K points of the decode (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,12 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from ..compression import CodecOptions, compress
+    from ..compression import compress
     from ..compression.codec import image_shape
     from ..compression.files import expand_inputs, read_images
     from ..loading import load_model
 
-    options = CodecOptions(args.steps, args.batch_size, args.grid_log2, args.window, not args.no_clip)  # checked
+    options = build(CodecOptions, args)  # checked
     out = check_output_file(args.out, args.overwrite)
     paths = expand_inputs(args.inputs)
     model = load_model(args.checkpoint, args.weights)

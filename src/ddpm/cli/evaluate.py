@@ -1,6 +1,7 @@
 """``ddpm nll | rate-distortion | sample | progressive | interpolate | fid``: the paper's measurements and figures.
 
-Argument parsing only: each command builds its options dataclasses and calls ``ddpm.evaluation``.
+Argument parsing only: each command adds the fields of its options dataclasses as options (``cli.options``: the
+default, type and choices of each come from its field) and builds them by name, then calls ``ddpm.evaluation``.
 Every command except ``fid`` splits its work over processes under torchrun
 (``python -m torch.distributed.run --nproc_per_node N -m ddpm.cli <command> ...``); rank 0 writes the results.
 """
@@ -10,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..evaluation.analytic_variance import DEFAULT_IMAGES, AnalyticVarianceOptions
 from ..evaluation.common import CommonOptions, DataChoice
 from ..sampling import SAMPLER_NAMES, sampler_help
-from ..schedules import SPACINGS
-from .types import finite_float, int_list
+from .options import DEVICE_HELP, Flag, add_options, build
 
 # Values are checked by the options dataclasses (ddpm.evaluation), each refusal naming the option as spelled
 # here, when the command builds them: before the model is loaded and before anything is written. Checks that
@@ -22,79 +23,82 @@ from .types import finite_float, int_list
 _AFTER = ("Results (JSON/CSV), figures (PNG), args.json (the resolved options) and config.json (the model's "
           "config) are written to --out. Under torchrun each process takes a share and rank 0 writes.")
 
+# help texts by field name; the defaults are the dataclasses' own, appended by add_options
+_OVERWRITE = {"overwrite": "write into an --out that already holds other files (a run, another command's output)"}
+COMMON_HELP = {
+    "checkpoint": "checkpoint directory or run directory (its latest)",
+    "out": "output folder",
+    "weights": "the EMA weights (what the paper evaluates) or the raw ones",
+    "seed": "seeds every noise draw, per item",
+    "batch_size": "items per network call",
+    "device": DEVICE_HELP,
+    "limit": "work on the first N items only",
+    "progress": "no progress bars",
+    "bf16": "run the network in bfloat16 (autocast; the schedule arithmetic stays float32/float64)",
+    **_OVERWRITE,
+}
+DATA_HELP = {
+    "split": "data split",
+    "path": Flag("dataset path (replaces the config's data.path)", names=("--data",)),
+    "dataset": "dataset kind (replaces the config's data.dataset): digits, cifar10, folder, lmdb, npz, toy2d",
+}
+_CLIP = {"clip_denoised": Flag("do not clip x̂₀ to [-1, 1] inside p_θ", names=("--no-clip",))}
+_BOUND_BATCH = {"batch_size": 16}  # the bound commands' network calls each take --t-batch times t as well
 
-def add_common(p: argparse.ArgumentParser, batch_size: int = 64, out: str | None = None) -> None:
-    """Options every evaluation command takes."""
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its latest)")
-    p.add_argument("--out", default=out, required=out is None, help="output folder" +
-                   (f" (default: ./{out})" if out else ""))
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
-    p.add_argument("--seed", type=int, default=0, help="seeds every noise draw, per item (default 0)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"items per network call (default {batch_size})")
-    p.add_argument("--device", default="cpu",
-                   help="cpu (default), cuda (cuda:LOCAL_RANK under torchrun), cuda:N or mps")
-    p.add_argument("--limit", type=int, help="work on the first N items only")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--bf16", action="store_true", help="run the network in bfloat16 (autocast; the schedule "
-                                                        "arithmetic stays float32/float64)")
-    add_overwrite(p)
+
+def add_common(p: argparse.ArgumentParser, defaults: dict[str, object] | None = None) -> None:
+    """Options every evaluation command takes (CommonOptions), with this command's own ``defaults``."""
+    add_options(p, CommonOptions, COMMON_HELP, defaults)
 
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out that already holds other files (a run, another command's output)")
+    add_options(p, CommonOptions, _OVERWRITE)
 
 
 def add_data(p: argparse.ArgumentParser, split: str = "test") -> None:
     """Which data split; the dataset comes from the checkpoint's config unless overridden."""
-    p.add_argument("--split", choices=("train", "test"), default=split, help=f"data split (default {split})")
-    p.add_argument("--data", help="dataset path (replaces the config's data.path)")
-    p.add_argument("--dataset", help="dataset kind (replaces the config's data.dataset): digits, cifar10, folder, "
-                                     "lmdb, npz, toy2d")
-
-
-def add_clip(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-clip", action="store_true", help="do not clip x̂₀ to [-1, 1] inside p_θ")
+    add_options(p, DataChoice, DATA_HELP, {"split": split})
 
 
 def common_options(args: argparse.Namespace) -> CommonOptions:
-    return CommonOptions(args.checkpoint, args.out, args.weights, args.seed, args.batch_size, args.device, args.limit,
-                         not args.no_progress, overwrite=args.overwrite, bf16=args.bf16)
+    return build(CommonOptions, args)
 
 
 def data_choice(args: argparse.Namespace) -> DataChoice:
-    return DataChoice(args.split, args.data, args.dataset)
+    return build(DataChoice, args)
 
 
 # --- nll -----------------------------------------------------------------------------------------
 
+NLL_HELP = {
+    "t_batch": "times t per network call",
+    "decoder": "L_0: discretized (Eq. 13, images) or continuous (toy points); auto picks",
+    "save_terms": "also write terms.npz (every term of every image)",
+    "steps": "bound of the chain respaced to this many steps (default: all T)",
+    "variance": "reverse variance: the model's or Analytic-DPM's optimal one from the Gamma estimate beside the "
+                "checkpoint (computed on the training split if missing)",
+    "n_images": f"training images for a Gamma estimate computed now (default: {DEFAULT_IMAGES})",
+    "recompute": "recompute and replace the stored Gamma estimate",
+    **DATA_HELP, **_CLIP,
+}
+
+
 def register_nll(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.nll import NLLOptions
+
     p = sub.add_parser("nll", help="test-set NLL: the full variational bound in bits/dim (Table 1)",
                        description="The full variational bound (Eq. 5) per image: L_T, every L_{t-1}, L_0, in "
                                    "bits/dim; mean ± standard error over the split. Writes nll.json, terms.csv, "
                                    "per_image.csv and terms.png.", epilog=_AFTER)
-    add_common(p, batch_size=16)
-    add_data(p)
-    p.add_argument("--t-batch", type=int, default=10, help="times t per network call (default 10)")
-    p.add_argument("--decoder", choices=("auto", "discretized", "continuous"), default="auto",
-                   help="L_0: discretized (Eq. 13, images) or continuous (toy points); auto picks")
-    p.add_argument("--save-terms", action="store_true", help="also write terms.npz (every term of every image)")
-    p.add_argument("--steps", type=int, help="bound of the chain respaced to this many steps (default: all T)")
-    p.add_argument("--variance", choices=("model", "analytic"), default="model",
-                   help="reverse variance: the model's (default) or Analytic-DPM's optimal one from the Gamma "
-                        "estimate beside the checkpoint (computed on the training split if missing)")
-    p.add_argument("--n-images", type=int, help="training images for a Gamma estimate computed now (default 1000)")
-    p.add_argument("--recompute", action="store_true", help="recompute and replace the stored Gamma estimate")
-    add_clip(p)
+    add_common(p, _BOUND_BATCH)
+    add_options(p, NLLOptions, NLL_HELP)
     p.set_defaults(func=run_nll_cmd)
 
 
 def run_nll_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.nll import NLLOptions, run_nll
 
-    r = run_nll(common_options(args), NLLOptions(data_choice(args), args.t_batch, not args.no_clip, args.decoder,
-                                                 args.save_terms, args.steps, args.variance, args.n_images,
-                                                 args.recompute))
+    r = run_nll(common_options(args), build(NLLOptions, args))
     if r is not None:
         print(f"NLL {r.nll_bits_per_dim:.4f} ± {r.nll_stderr_bits_per_dim:.4f} bits/dim on {r.n_images} "
               f"{r.split} images (L_T {r.prior_bits_per_dim:.3e}, rate L_1..L_T {r.rate_bits_per_dim:.4f}, "
@@ -104,25 +108,30 @@ def run_nll_cmd(args: argparse.Namespace) -> int:
 
 # --- rate-distortion -----------------------------------------------------------------------------
 
+RATE_DISTORTION_HELP = {
+    "num_t": "report this many evenly spaced t (+ the paper's); default: every t",
+    "t_batch": "times t per network call",
+    **DATA_HELP, **_CLIP,
+}
+
+
 def register_rate_distortion(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.rate_distortion import RateDistortionOptions
+
     p = sub.add_parser("rate-distortion", help="rate (bits received) vs distortion (RMSE of x̂₀) (Fig. 5, Table 4)",
                        description="At each t: rate = L_T + L_{T-1} + ... + L_t bits/dim, distortion = RMSE on "
                                    "[0, 255] of x̂₀(x_t) (Eq. 15), x_t ~ q(x_t|x_0), over test images. The network "
                                    "runs at every t (the rate needs every term); --num-t chooses the rows "
                                    "reported (always with Table 4's points).", epilog=_AFTER)
-    add_common(p, batch_size=16)
-    add_data(p)
-    p.add_argument("--num-t", type=int, help="report this many evenly spaced t (+ the paper's); default: every t")
-    p.add_argument("--t-batch", type=int, default=10, help="times t per network call (default 10)")
-    add_clip(p)
+    add_common(p, _BOUND_BATCH)
+    add_options(p, RateDistortionOptions, RATE_DISTORTION_HELP)
     p.set_defaults(func=run_rate_distortion_cmd)
 
 
 def run_rate_distortion_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.rate_distortion import RateDistortionOptions, run_rate_distortion
 
-    r = run_rate_distortion(common_options(args), RateDistortionOptions(data_choice(args), args.num_t, args.t_batch,
-                                                                        not args.no_clip))
+    r = run_rate_distortion(common_options(args), build(RateDistortionOptions, args))
     if r is not None:
         print(f"{r.n_images} {r.split} images, bound {r.nll_bits_per_dim:.4f} bits/dim")
         print("| T − t + 1 | rate (bits/dim) | distortion (RMSE [0, 255]) |\n|---|---|---|")
@@ -133,7 +142,23 @@ def run_rate_distortion_cmd(args: argparse.Namespace) -> int:
 
 # --- sample --------------------------------------------------------------------------------------
 
+SAMPLE_HELP = {
+    "n": Flag("number of samples; spell it --num-samples under torchrun, whose own parser finds --n ambiguous",
+              names=("--n", "--num-samples")),
+    "sampler": Flag("one of the samplers above", choices=SAMPLER_NAMES),
+    "steps": "reverse steps (default: all T; fewer: respaced by --spacing)",
+    "spacing": "which of the T steps a shorter chain uses: uniform, quadratic (denser near t = 1) or logsnr "
+               "(uniform in log-SNR)",
+    "eta": "DDIM η >= 0; 0 is deterministic",
+    "grid": "samples shown in the PNG",
+    "name": "file stem",
+    **_CLIP,
+}
+
+
 def register_sample(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.samples import SampleOptions
+
     p = sub.add_parser("sample", help="draw samples (Algorithm 2, DDIM, DPM-Solver++) into an .npz and a grid",
                        description="N samples; sample i is seeded by (seed, i), so the images do not depend on\n"
                                    "--batch-size or the number of processes. Writes <name>.npz (key 'images',\n"
@@ -141,27 +166,14 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
                                    + sampler_help(), epilog=_AFTER,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
-                   help="number of samples (default 64); spell it --num-samples under torchrun, whose own "
-                        "parser finds --n ambiguous")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ancestral",
-                   help="one of the samplers above (default: ancestral)")
-    p.add_argument("--steps", type=int, help="reverse steps (default: all T; fewer: respaced by --spacing)")
-    p.add_argument("--spacing", choices=SPACINGS, default="uniform",
-                   help="which of the T steps a shorter chain uses: uniform (default), quadratic (denser near "
-                        "t = 1) or logsnr (uniform in log-SNR)")
-    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM η >= 0 (default 0: deterministic)")
-    p.add_argument("--grid", type=int, default=100, help="samples shown in the PNG (default 100)")
-    p.add_argument("--name", default="samples", help="file stem (default: samples)")
-    add_clip(p)
+    add_options(p, SampleOptions, SAMPLE_HELP)
     p.set_defaults(func=run_sample_cmd)
 
 
 def run_sample_cmd(args: argparse.Namespace) -> int:
-    from ..evaluation.samples import SampleOptions, SamplerSpec, run_sample
+    from ..evaluation.samples import SampleOptions, run_sample
 
-    spec = SamplerSpec(args.sampler, args.steps, args.eta, not args.no_clip, args.spacing)
-    r = run_sample(common_options(args), SampleOptions(args.n, spec, args.grid, args.name))
+    r = run_sample(common_options(args), build(SampleOptions, args))
     if r is not None:
         print(f"{r.n} samples ({r.sampler}, {r.steps} steps) in {r.seconds:.1f} s ({r.img_per_s:.2f} img/s, "
               f"{r.world_size} process(es)) -> {r.npz}")
@@ -170,31 +182,34 @@ def run_sample_cmd(args: argparse.Namespace) -> int:
 
 # --- progressive ---------------------------------------------------------------------------------
 
+PROGRESSIVE_HELP = {
+    "rows": "Fig. 6: samples",
+    "at": "Fig. 6: steps shown, e.g. 1000,750,500,250,1 (default: evenly spaced, --columns of them)",
+    "columns": "Fig. 6: number of steps without --at",
+    "share_t": "Fig. 7: times of the frozen x_t (default: T,3T/4,T/2,T/4)",
+    "share_samples": "Fig. 7: samples per x_t",
+    "images": "Fig. 7: test-image indices (default: the first --share-images)",
+    "share_images": "Fig. 7: number of test images",
+    **DATA_HELP, **_CLIP,
+}
+
+
 def register_progressive(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.progressive import ProgressiveOptions
+
     p = sub.add_parser("progressive", help="x̂₀ along the reverse process (Fig. 6); samples sharing x_t (Fig. 7)",
                        description="Fig. 6: x̂₀ at chosen steps of one reverse process, one row per sample. Fig. 7: "
                                    "per test image and t, one frozen x_t and several samples of p_θ(x_0|x_t); "
                                    "rows are x_0 | x_t | samples.", epilog=_AFTER)
     add_common(p)
-    add_data(p)
-    p.add_argument("--rows", type=int, default=8, help="Fig. 6: samples (default 8)")
-    p.add_argument("--at", type=int_list, help="Fig. 6: steps shown, e.g. 1000,750,500,250,1 (default: evenly "
-                                               "spaced, --columns of them)")
-    p.add_argument("--columns", type=int, default=10, help="Fig. 6: number of steps without --at (default 10)")
-    p.add_argument("--share-t", type=int_list, help="Fig. 7: times of the frozen x_t (default T,3T/4,T/2,T/4)")
-    p.add_argument("--share-samples", type=int, default=3, help="Fig. 7: samples per x_t (default 3)")
-    p.add_argument("--images", type=int_list, help="Fig. 7: test-image indices (default: the first --share-images)")
-    p.add_argument("--share-images", type=int, default=2, help="Fig. 7: number of test images (default 2)")
-    add_clip(p)
+    add_options(p, ProgressiveOptions, PROGRESSIVE_HELP)
     p.set_defaults(func=run_progressive_cmd)
 
 
 def run_progressive_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.progressive import ProgressiveOptions, run_progressive
 
-    options = ProgressiveOptions(args.rows, args.at, args.columns, args.share_t, args.share_samples, args.images,
-                                 args.share_images, data_choice(args), not args.no_clip)
-    r = run_progressive(common_options(args), options)
+    r = run_progressive(common_options(args), build(ProgressiveOptions, args))
     if r is not None:
         print(f"Fig. 6 at t = {list(r.at)} -> {r.progressive_png}\nFig. 7 at t = {list(r.share_t)} for test "
               f"images {list(r.image_indices)} -> {r.shared_png}")
@@ -203,26 +218,31 @@ def run_progressive_cmd(args: argparse.Namespace) -> int:
 
 # --- interpolate ---------------------------------------------------------------------------------
 
+INTERPOLATE_HELP = {
+    "t": "mixing time(s) (default: 500 for T = 1000, else T/2); several give one row each",
+    "lambdas": "λ grid size over [0, 1]",
+    "pairs": "random pairs without --indices",
+    "indices": "explicit pairs of test-image indices: a,b[,c,d,...]",
+    **DATA_HELP, **_CLIP,
+}
+
+
 def register_interpolate(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.interpolation import InterpolateOptions
+
     p = sub.add_parser("interpolate", help="interpolate two test images in x_t (Sec. 4.4, Fig. 8)",
                        description="Encode two test images to x_t with shared noise, mix linearly over a λ grid, "
                                    "decode each mix with the reverse process. Rows: x_0 | λ = 0 ... 1 | x'_0.",
                        epilog=_AFTER)
     add_common(p)
-    add_data(p)
-    p.add_argument("--t", type=int_list, help="mixing time(s) (default 500, or T/2); several give one row each")
-    p.add_argument("--lambdas", type=int, default=11, help="λ grid size over [0, 1] (default 11)")
-    p.add_argument("--pairs", type=int, default=2, help="random pairs without --indices (default 2)")
-    p.add_argument("--indices", type=int_list, help="explicit pairs of test-image indices: a,b[,c,d,...]")
-    add_clip(p)
+    add_options(p, InterpolateOptions, INTERPOLATE_HELP)
     p.set_defaults(func=run_interpolate_cmd)
 
 
 def run_interpolate_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.interpolation import InterpolateOptions, run_interpolate
 
-    options = InterpolateOptions(args.t, args.lambdas, args.pairs, args.indices, data_choice(args), not args.no_clip)
-    r = run_interpolate(common_options(args), options)
+    r = run_interpolate(common_options(args), build(InterpolateOptions, args))
     if r is not None:
         print(f"{len(r.pairs)} pair(s) {list(r.pairs)} at t = {list(r.t)}, {len(r.lambdas)} λ -> {r.png}")
     return 0
@@ -285,28 +305,30 @@ def run_fid_cmd(args: argparse.Namespace) -> int:
 
 # --- analytic-variance ---------------------------------------------------------------------------
 
+ANALYTIC_VARIANCE_HELP = {
+    **COMMON_HELP,
+    "seed": "seeds the noise draws",
+    "batch_size": "images per network call",
+    "n_images": f"training images to average over (default: {DEFAULT_IMAGES}, at most the split)",
+    "recompute": "replace an estimate already stored",
+    **DATA_HELP,
+}
+
+
 def register_analytic_variance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analytic-variance", help="Analytic-DPM's Gamma estimate, stored beside the checkpoint",
                        description="Gamma_t = E||eps_theta(x_t, t)||^2/d for every t by Monte Carlo over training "
                                    "images (Bao et al. 2022), written beside the checkpoint as "
                                    "<checkpoint>.analytic-<weights>.safetensors and .json (with the model's hash). "
                                    "Used by --sampler analytic-ddpm|analytic-ddim and nll --variance analytic.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory (its latest)")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA weights (default) or raw")
-    p.add_argument("--n-images", type=int, help="training images to average over (default 1000, at most the split)")
-    p.add_argument("--recompute", action="store_true", help="replace an estimate already stored")
-    p.add_argument("--seed", type=int, default=0, help="seeds the noise draws (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per network call (default 64)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    add_data(p, split="train")
+    add_options(p, AnalyticVarianceOptions, ANALYTIC_VARIANCE_HELP)
     p.set_defaults(func=run_analytic_variance_cmd)
 
 
 def run_analytic_variance_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.analytic_variance import run_analytic_variance
 
-    path, gamma = run_analytic_variance(args.checkpoint, args.weights, args.n_images, args.seed, args.batch_size,
-                                        args.device, data_choice(args), args.recompute)
+    path, gamma = run_analytic_variance(build(AnalyticVarianceOptions, args))
     print(f"Gamma_t for t = 1..{gamma.numel()} (from {gamma.min().item():.4f} to {gamma.max().item():.4f}) -> {path}")
     return 0
 

@@ -5,30 +5,33 @@ from __future__ import annotations
 import argparse
 
 from ..quickstart import QuickstartOptions, quickstart
+from .options import DEVICE_HELP, Flag, add_options, build
+
+# help texts by field name (t_per_batch is no option); the defaults are QuickstartOptions' own
+HELP = {
+    "steps": "training steps (default: the digits preset's)",
+    "n_samples": Flag("samples per sampler", names=("--samples",)),
+    "ddim_steps": "DDIM steps",
+    "nll_images": "test images for bits/dim (default: all 180)",
+    "seed": "seeds training, sampling and evaluation",
+    "progress": "no progress bars",
+    "device": DEVICE_HELP,
+    "overwrite": "train afresh into an --out that holds an earlier quickstart (its run is deleted)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train on scikit-learn's digits, sample, evaluate, write a report",
-                       description="The main job: train the `digits` preset (L_simple, EMA), sample 256 digits "
+                       description="The main job: train the `digits` preset (L_simple, EMA), sample digits "
                                    "with Algorithm 2 and with DDIM, measure test bits/dim and sample quality, "
                                    "and write an HTML report.")
     p.add_argument("--out", default="quickstart", help="output folder (default: ./quickstart)")
-    p.add_argument("--steps", type=int, help="training steps (default: the digits preset's)")
-    p.add_argument("--samples", type=int, default=256, help="samples per sampler (default 256)")
-    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--nll-images", type=int, help="test images for bits/dim (default: all 180)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train afresh into an --out that holds an earlier quickstart (its run is deleted)")
+    add_options(p, QuickstartOptions, HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    options = QuickstartOptions(steps=args.steps, n_samples=args.samples, ddim_steps=args.ddim_steps,
-                                nll_images=args.nll_images, seed=args.seed, progress=not args.no_progress,
-                                overwrite=args.overwrite)
-    r = quickstart(args.out, options)
+    r = quickstart(args.out, build(QuickstartOptions, args))
     a, d = r.ancestral, r.ddim
     print(f"test NLL: {r.test_nll_bits_per_dim:.3f} ± {r.test_nll_stderr:.3f} bits/dim (full bound)")
     print(f"ancestral ({a['steps']} steps): Fréchet distance {a['fd']:.2f} (real vs real {a['fd_real_vs_real']:.2f}), "

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig, override, preset
+from .options import add_device
 from .overrides import add_override_help, parse_overrides
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "aside) damaged checkpoints and continues from the newest intact one")
     p.add_argument("--overwrite", action="store_true",
                    help="train into an --out that already holds files other than a ddpm run")
-    p.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda")
+    add_device(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     add_override_help(p)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import torch
 from ..checkpoint import CheckpointError, inspect_checkpoint, read_json, read_safetensors_header, save_safetensors
 from ..compression.codec import model_hash
 from ..config import check_int, check_seed
-from ..loading import LoadedModel, load_model
+from ..loading import LoadedModel, Weights, load_model
 from ..outputs import atomic_file, write_text
-from ..processes import check_device, device_for
+from ..processes import DEFAULT_DEVICE, check_device, device_for
 from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
 from .common import DataChoice, batched, load_split, stack_items
 
@@ -121,16 +122,31 @@ def analytic_diffusion(model: LoadedModel, gamma: Tensor) -> AnalyticDiffusion:
     return AnalyticDiffusion(model.diffusion, gamma)
 
 
-def run_analytic_variance(checkpoint: str | Path, weights: str = "ema", n_images: int | None = None, seed: int = 0,
-                          batch_size: int = 64, device: str = "cpu", data: DataChoice | None = None,
-                          recompute: bool = False) -> tuple[Path, Tensor]:
+@dataclass(frozen=True)
+class AnalyticVarianceOptions:
+    """What ``ddpm analytic-variance`` estimates, and with what."""
+
+    checkpoint: str                                 # checkpoint directory or run directory (its latest)
+    weights: Weights = "ema"                        # the weights Γ is estimated for
+    n_images: int | None = None                     # training images averaged over (None: DEFAULT_IMAGES)
+    seed: int = 0                                   # seeds the noise draws
+    batch_size: int = 64                            # images per network call
+    device: str = DEFAULT_DEVICE                    # resolved by ddpm.processes.device_for
+    data: DataChoice = DataChoice(split="train")    # the estimate averages over training images
+    recompute: bool = False                         # replace an estimate already stored
+
+    def __post_init__(self) -> None:
+        if self.n_images is not None:
+            check_int("--n-images", self.n_images, 1)
+        check_seed("--seed", self.seed)
+        check_int("--batch-size", self.batch_size, 1)
+        check_device(self.device)  # all before the model is loaded
+
+
+def run_analytic_variance(options: AnalyticVarianceOptions) -> tuple[Path, Tensor]:
     """``ddpm analytic-variance``: Γ on the training split, stored beside the checkpoint; (the JSON, Γ)."""
-    if n_images is not None:
-        check_int("--n-images", n_images, 1)
-    check_seed("--seed", seed)
-    check_int("--batch-size", batch_size, 1)
-    check_device(device)  # all before the model is loaded
-    model = load_model(checkpoint, weights, device_for(device))
-    train = load_split(model.config, data or DataChoice("train"))
-    gamma = analytic_gamma(checkpoint, model, train, n_images, seed, batch_size, recompute)
-    return estimate_paths(checkpoint, model.weights)[1], gamma
+    o = options
+    model = load_model(o.checkpoint, o.weights, device_for(o.device))
+    train = load_split(model.config, o.data)
+    gamma = analytic_gamma(o.checkpoint, model, train, o.n_images, o.seed, o.batch_size, o.recompute)
+    return estimate_paths(o.checkpoint, model.weights)[1], gamma

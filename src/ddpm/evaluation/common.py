@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig, RunConfig, check_int, check_seed, from_dict, shown, to_dict
 from ..data import build_dataset
-from ..loading import LoadedModel, load_model
+from ..loading import LoadedModel, Weights, load_model
 from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
-from ..processes import ProcessGroup, check_device, device_for, leave_processes
+from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, leave_processes
 from .parallel import join_evaluation
 
 Split = Literal["train", "test"]
@@ -31,10 +31,10 @@ class CommonOptions:
 
     checkpoint: str                  # checkpoint directory or run directory (its latest checkpoint)
     out: str                         # output folder
-    weights: str = "ema"             # "ema" (what the paper evaluates) or "model"
+    weights: Weights = "ema"         # "ema" (what the paper evaluates) or "model"
     seed: int = 0                    # seeds every noise draw (per item, so sharding changes nothing)
     batch_size: int = 64             # items per network call (before any t batching)
-    device: str = "cpu"              # cpu or cuda (cuda:LOCAL_RANK under torchrun)
+    device: str = DEFAULT_DEVICE     # auto, cpu, cuda (cuda:LOCAL_RANK under torchrun), cuda:N, mps
     limit: int | None = None         # work on the first N items only
     progress: bool = True            # tqdm progress bars (rank 0 only)
     overwrite: bool = False          # write into an --out that holds other files (see ddpm.outputs)

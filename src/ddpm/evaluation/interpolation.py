@@ -84,7 +84,7 @@ class InterpolateOptions:
     lambdas: int = 11                         # λ grid size over [0, 1]
     pairs: int = 2                            # random pairs when `indices` is not given
     indices: tuple[int, ...] | None = None    # explicit pairs of test-image indices (a, b, c, d, ...)
-    data: DataChoice = DataChoice("test")
+    data: DataChoice = DataChoice(split="test")
     clip_denoised: bool = True
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -218,7 +218,7 @@ def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_
 class NLLOptions:
     """What ``ddpm nll`` evaluates, beyond the common options."""
 
-    data: DataChoice = DataChoice("test")
+    data: DataChoice = DataChoice(split="test")
     t_batch: int = 10                   # bound terms (times t) per network call
     clip_denoised: bool = True          # clip x̂₀ to [-1, 1] inside p_θ (as the official evaluation)
     decoder: DecoderChoice = "auto"     # L_0: Eq. 13 for images, Gaussian density for toy points
@@ -271,7 +271,7 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
             # Γ on the training split (the stored estimate, or computed now and stored beside the checkpoint)
             from .analytic_variance import analytic_diffusion, analytic_gamma
 
-            train = load_split(s.config, DataChoice("train", options.data.path, options.data.dataset))
+            train = load_split(s.config, replace(options.data, split="train"))
             gamma = analytic_gamma(common.checkpoint, s.model, train, options.n_images, common.seed,
                                    common.batch_size, options.recompute)
             diffusion = analytic_diffusion(s.model, gamma)

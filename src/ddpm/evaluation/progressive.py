@@ -105,7 +105,7 @@ class ProgressiveOptions:
     share_samples: int = 3                   # Fig. 7: samples per frozen x_t
     images: tuple[int, ...] | None = None    # Fig. 7: test-image indices (default: the first `share_images`)
     share_images: int = 2                    # Fig. 7: number of test images when `images` is not given
-    data: DataChoice = DataChoice("test")
+    data: DataChoice = DataChoice(split="test")
     clip_denoised: bool = True
 
     def __post_init__(self) -> None:

@@ -114,7 +114,7 @@ def _result(totals: BoundTotals, times: Sequence[int] | None, split: str, second
 class RateDistortionOptions:
     """What ``ddpm rate-distortion`` evaluates, beyond the common options."""
 
-    data: DataChoice = DataChoice("test")
+    data: DataChoice = DataChoice(split="test")
     num_t: int | None = None       # rows reported (None: every t); the network still runs at every t
     t_batch: int = 10              # bound terms (times t) per network call
     clip_denoised: bool = True     # clip x̂₀ to [-1, 1] (as the official evaluation)

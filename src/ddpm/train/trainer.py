@@ -41,7 +41,7 @@ from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import network_for
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
-from ..processes import ProcessGroup, barrier, device_for
+from ..processes import DEFAULT_DEVICE, ProcessGroup, barrier, device_for
 from ..sampling import sample
 from .distributed import all_ranks_ok, join_training
 from .ema import EMA
@@ -113,7 +113,7 @@ class _StepBatches(torch.utils.data.Sampler[list[int]]):
 class Trainer:
     """Trains one run directory; everything that can be wrong is checked before any state changes."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = "auto",
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = DEFAULT_DEVICE,
                  progress: bool = True, dataset: Dataset | None = None, overwrite: bool = False) -> None:
         self.cfg, self.run_dir, self.progress, self.overwrite = cfg, Path(run_dir), progress, overwrite
         tc = cfg.train
@@ -344,8 +344,8 @@ class Trainer:
         barrier(self.group)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = "auto", progress: bool = True,
-          dataset: Dataset | None = None, overwrite: bool = False) -> TrainResult:
+def train(cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = DEFAULT_DEVICE,
+          progress: bool = True, dataset: Dataset | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (Algorithm 1); see ``Trainer``."""
     return Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, dataset=dataset,
                    overwrite=overwrite).run()
