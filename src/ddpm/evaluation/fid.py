@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ddpm.evaluation.frechet import frechet_distance
 from ddpm.outputs import write_npz
+from ddpm.rng import seed_torch
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
@@ -490,7 +491,7 @@ def compute_fid_is(
     if acc.inception_score is not None:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # std of a single split
-            torch.manual_seed(seed)
+            seed_torch(seed, "inception-score")  # torchmetrics permutes the splits with the global RNG
             mean, std = acc.inception_score.compute()
         is_mean = float(mean)
         is_std = float(std) if torch.isfinite(std) else None

@@ -1,6 +1,6 @@
 """Unconditional samples (Algorithm 2, respaced, or DDIM) streamed in batches into an .npz of uint8 images.
 
-Sample i is drawn with its own generator seeded by (seed, i) (``sample_generators``), for x_T and for every
+Sample i is drawn with its own generator, stream (seed, "sample", i) of ``ddpm.rng``, for x_T and for every
 step's noise, so the images do not depend on the batch size or on how many processes share the work.
 """
 
@@ -21,8 +21,9 @@ from ..checkpoint import inspect_checkpoint
 from ..config import ConfigError, RunConfig, check_float, check_int, check_seed, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..outputs import OutputDir, check_output_dir, check_output_file, safe_name, write_npz
-from ..processes import check_device, leave_processes
-from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample, sample_generators
+from ..processes import check_device, device_for, local_rank
+from ..rng import per_item
+from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample
 from ..schedules import SPACINGS, Spacing
 from .common import (
     CommonOptions,
@@ -39,7 +40,7 @@ from .common import (
 from .digits_metric import DigitsQuality, evaluate_digits
 from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
 from .figures import plot_class_histograms, plot_points, save_image_grid, to_nhwc_uint8
-from .parallel import gather_to_main, join_evaluation, shard
+from .parallel import evaluation_processes, gather_to_main, shard
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class SamplerSpec:
 def sample_batch(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
                  first_index: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Samples first_index .. first_index + count − 1 (each seeded by its index), in [-1, 1]."""
-    gens = sample_generators(seed, first_index, count)
-    return sample(model, diffusion, (count, *shape), gens, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
+    noise = per_item(seed, "sample", range(first_index, first_index + count))
+    return sample(model, diffusion, (count, *shape), noise, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
                   device, spacing=spec.spacing)
 
 
@@ -237,8 +238,7 @@ class FidReport:
 
 def run_fid(options: FidOptions) -> FidReport | None:
     """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    group = join_evaluation()
-    try:
+    with evaluation_processes(device_for(options.device, local_rank())) as group:
         if not group.is_main:
             return None  # the metrics accumulate inside torchmetrics: one process does all of it
         cfg = _checkpoint_config(options.checkpoint)
@@ -254,8 +254,6 @@ def run_fid(options: FidOptions) -> FidReport | None:
             write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
                              world_size=group.world_size)
         return report
-    finally:
-        leave_processes(group)
 
 
 def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:
