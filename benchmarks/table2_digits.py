@@ -30,7 +30,8 @@ from ddpm.data import dataset_for
 from ddpm.evaluation.digits_metric import evaluate_digits
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
-from ddpm.sampling import sample, sample_generators
+from ddpm.rng import per_item
+from ddpm.sampling import sample
 from ddpm.train import NonFiniteError, train
 
 # (label as in Table 2, mean_type, var_type, loss_type)
@@ -81,7 +82,7 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
         return CellResult(label, True, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, train_s, 0.0)
     tick = time.perf_counter()
     m = load_model(run_dir, weights=weights)
-    x = sample(m, m.diffusion, (n_samples, 1, 8, 8), sample_generators(seed, 0, n_samples))
+    x = sample(m, m.diffusion, (n_samples, 1, 8, 8), per_item(seed, "sample", range(n_samples)))
     finite = bool(torch.isfinite(x).all())
     q = evaluate_digits(x.nan_to_num(0.0), seed=seed)
     test = dataset_for(cfg, "test")

@@ -7,6 +7,7 @@ import torch
 
 from ddpm.config import ConfigError
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.rng import GlobalNoise
 from ddpm.sampling.analytic import (
     AnalyticDiffusion,
     analytic_ddim_steps,
@@ -58,7 +59,7 @@ def test_monte_carlo_gamma_converges_to_closed_form_like_one_over_sqrt_n():
     exact = gamma_closed_form(d)[torch.tensor(steps) - 1]
     errs = []
     for n in (100, 10_000):
-        g, count = estimate_gamma(exact_eps(d), d, data(n), torch.Generator().manual_seed(1), steps)
+        g, count = estimate_gamma(exact_eps(d), d, data(n), GlobalNoise(torch.Generator().manual_seed(1)), steps)
         assert count == n
         errs.append((g[torch.tensor(steps) - 1] - exact).abs().max().item())
         assert torch.isnan(g[1])  # steps not asked for are not invented
@@ -103,7 +104,7 @@ def test_clipping_keeps_sigma2_within_theorem_2_bounds():
 
 
 def bound_bpd(d: GaussianDiffusion, model, x0: torch.Tensor) -> float:
-    out = d.bound(model, x0, torch.Generator().manual_seed(3), clip_denoised=False, t_per_batch=10,
+    out = d.bound(model, x0, GlobalNoise(torch.Generator().manual_seed(3)), clip_denoised=False, t_per_batch=10,
                   decoder="continuous")
     return out.total_bpd.mean().item()
 
@@ -113,7 +114,7 @@ def test_analytic_k_step_bound_is_at_most_the_beta_and_beta_tilde_bounds(K):
     base = full()
     model = exact_eps(base)
     x0 = data(4000, seed=5)[0]
-    gamma, _ = estimate_gamma(model, base, data(2000, seed=6), torch.Generator().manual_seed(7))
+    gamma, _ = estimate_gamma(model, base, data(2000, seed=6), GlobalNoise(torch.Generator().manual_seed(7)))
     analytic = bound_bpd(AnalyticDiffusion(base, gamma).with_steps(K), model, x0)
     beta = bound_bpd(base.with_steps(K), model, x0)
     tilde = bound_bpd(GaussianDiffusion(base.schedule, var_type="fixed_beta_tilde").with_steps(K), model, x0)
@@ -137,7 +138,7 @@ def test_samplers_run_and_refuse_a_diffusion_without_the_estimate():
     a = AnalyticDiffusion(base, gamma_closed_form(base)).with_steps(10)
     x_T = torch.randn(3, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for fn in (analytic_ddpm_steps, analytic_ddim_steps):
-        x0 = run(fn(model, a, x_T, torch.Generator().manual_seed(1), False))
+        x0 = run(fn(model, a, x_T, GlobalNoise(torch.Generator().manual_seed(1)), False))
         assert x0.shape == x_T.shape and torch.isfinite(x0).all()
     with pytest.raises(ConfigError, match=r"^an Analytic-DPM sampler needs the Γ estimate"):
         next(analytic_ddpm_steps(model, base, x_T))

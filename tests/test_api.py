@@ -18,7 +18,7 @@ def test_every_exported_name_resolves_to_its_defining_module() -> None:
         value = getattr(ddpm, name)
         if name != "__version__":
             assert value is getattr(importlib.import_module(ddpm._EXPORTS[name]), name), name
-    assert {"load_model", "sample", "GaussianDiffusion", "preset", "PRESETS", "train"} <= set(ddpm.__all__)
+    assert {"load_model", "sample", "GaussianDiffusion", "preset", "PRESETS", "per_item"} <= set(ddpm.__all__)
 
 
 def test_import_ddpm_is_cheap() -> None:

@@ -11,7 +11,8 @@ from _eval_tiny import make_checkpoint, one_thread  # noqa: F401 (autouse fixtur
 from ddpm.cli import main
 from ddpm.loading import load_model
 from ddpm.nets.precision import in_bfloat16
-from ddpm.sampling import sample, sample_generators
+from ddpm.rng import per_item
+from ddpm.sampling import sample
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_the_network_runs_in_bfloat16_and_returns_float32(ckpt):
 
 def test_sampling_in_bfloat16_stays_close_to_float32(ckpt):
     model = load_model(ckpt)
-    runs = [sample(model, model.diffusion, (8, 1, 8, 8), sample_generators(0, 0, 8), "ddim", steps=5, bf16=b)
+    runs = [sample(model, model.diffusion, (8, 1, 8, 8), per_item(0, "sample", range(8)), "ddim", steps=5, bf16=b)
             for b in (False, True)]
     assert not torch.equal(*runs)
     assert (runs[0] - runs[1]).abs().mean() < 0.05

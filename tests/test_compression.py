@@ -16,6 +16,7 @@ from ddpm.compression.files import read_images, write_images
 from ddpm.compression.stack import Stack
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.loading import load_model
+from ddpm.rng import GlobalNoise
 from ddpm.schedules import Schedule, linear_betas, spaced_steps
 
 LEVELS = 17
@@ -108,7 +109,7 @@ def test_codelength_matches_the_variational_bound(T, steps):
         encode_chain(stack, model, code, k0[i:i + 60])
     net_bits = stack.coder.num_valid_bits() - start_bits
     x0 = torch.from_numpy(2.0 * k0 / (LEVELS - 1) - 1).float()
-    bound = diffusion.bound(model, x0, torch.Generator().manual_seed(0), clip_denoised=False)
+    bound = diffusion.bound(model, x0, GlobalNoise(torch.Generator().manual_seed(0)), clip_denoised=False)
     bound_bits = bound.total_bpd.double().sum().item() * 4
     stderr_bits = bound.total_bpd.double().std().item() * 4 * np.sqrt(len(k0))
     assert abs(net_bits - bound_bits) < 0.03 * bound_bits + 4 * stderr_bits, (net_bits, bound_bits, stderr_bits)
@@ -136,7 +137,7 @@ def test_a_wrong_model_costs_far_more_and_escapes_cap_what_it_cannot_predict():
 
     wrong = ExactDenoiser(-atoms, diffusion.schedule)
     x0 = torch.from_numpy(2.0 * k0 / (LEVELS - 1) - 1).float()
-    wrong_bound = diffusion.bound(wrong, x0, torch.Generator().manual_seed(0), clip_denoised=False)
+    wrong_bound = diffusion.bound(wrong, x0, GlobalNoise(torch.Generator().manual_seed(0)), clip_denoised=False)
     right_bits, wrong_bits = bits(ExactDenoiser(atoms, diffusion.schedule)), bits(wrong)
     assert wrong_bits > 3 * right_bits
     assert wrong_bits < wrong_bound.total_bpd.double().sum().item() * 4

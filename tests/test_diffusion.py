@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, p_mean_var_from_output, q_posterior, q_sample, x0_from_eps
+from ddpm.rng import GlobalNoise
 from ddpm.schedules import Schedule, gather, make_betas
 
 T = 1000
@@ -230,8 +231,8 @@ def test_bound_sums_its_terms_and_batching_over_t_changes_nothing():
     net = _Tiny(1).double()
     x0 = torch.round((torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(9)) * 2 - 1) * 8) / 8
     x0 = x0.double()
-    a = d.bound(net, x0, torch.Generator().manual_seed(10), t_per_batch=1)
-    b = d.bound(net, x0, torch.Generator().manual_seed(10), t_per_batch=7)
+    a = d.bound(net, x0, GlobalNoise(torch.Generator().manual_seed(10)), t_per_batch=1)
+    b = d.bound(net, x0, GlobalNoise(torch.Generator().manual_seed(10)), t_per_batch=7)
     assert a.terms_bpd.shape == (3, 40)
     assert torch.allclose(a.total_bpd, a.prior_bpd + a.terms_bpd.sum(1))
     assert torch.allclose(a.terms_bpd, b.terms_bpd, rtol=1e-10)
@@ -256,7 +257,7 @@ def test_optimal_eps_predictor_reproduces_gaussian_data(var_type):
 
     m, var = 0.3, 0.25
     d = GaussianDiffusion(S, "eps", var_type)
-    x = sample(_gaussian_optimal_eps(S, m, var), d, (5_000, 4), torch.Generator().manual_seed(11),
+    x = sample(_gaussian_optimal_eps(S, m, var), d, (5_000, 4), GlobalNoise(torch.Generator().manual_seed(11)),
                clip_denoised=False)
     n = x.numel()
     assert x.mean().item() == pytest.approx(m, abs=4 * math.sqrt(var / n))
@@ -295,7 +296,7 @@ def test_bound_of_optimal_model_is_at_least_and_close_to_the_true_nll():
 
     def bound_nats(var_type, model):
         d = GaussianDiffusion(S, "eps", var_type)
-        terms = d.bound(model, x0, torch.Generator().manual_seed(13), clip_denoised=False, t_per_batch=250,
+        terms = d.bound(model, x0, GlobalNoise(torch.Generator().manual_seed(13)), clip_denoised=False, t_per_batch=250,
                         decoder="continuous")
         nats = terms.total_bpd * math.log(2)
         return nats.mean().item(), nats.std().item() / math.sqrt(nats.numel())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.sampling import SAMPLERS, dpm_solver_steps, run, sample_generators
+from ddpm.rng import GLOBAL_NOISE, GlobalNoise, per_item
+from ddpm.sampling import SAMPLERS, dpm_solver_steps, run
 from ddpm.schedules import Schedule, make_betas
 
 M, S_DATA = 0.3, 0.5  # data x_0 ~ N(m, s² I)
@@ -53,7 +54,7 @@ def error_at_t1(s: Schedule, n_intervals: int, order: int, third_order: str = "r
         steps |= {T - 1, T - 2}
     d = GaussianDiffusion(s).respaced(sorted(steps))
     x_T = torch.linspace(-3, 3, 7, dtype=torch.float64).reshape(7, 1)
-    out = list(dpm_solver_steps(optimal_eps(s), d, x_T, None, False, order=order, third_order=third_order))
+    out = list(dpm_solver_steps(optimal_eps(s), d, x_T, GLOBAL_NOISE, False, order=order, third_order=third_order))
     assert out[-2].t == 2 and len(out) == len(steps)
     return (out[-2].x - exact_flow(s, T, 1, x_T)).abs().max().item()
 
@@ -117,7 +118,7 @@ def test_trajectory_equals_diffusers_dpmsolver_plus_plus(order, K):
     d = GaussianDiffusion(Schedule.from_betas(betas)).respaced([t + 1 for t in ts])  # paper time = step + 1
     model = dummy_model()
     x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
-    ours = [st.x for st in dpm_solver_steps(model, d, x_T, None, False, order=order)]
+    ours = [st.x for st in dpm_solver_steps(model, d, x_T, GLOBAL_NOISE, False, order=order)]
     theirs, x = [], x_T.clone()
     for t in ts:
         x = sched.step(model(x, t), t, x).prev_sample
@@ -126,7 +127,7 @@ def test_trajectory_equals_diffusers_dpmsolver_plus_plus(order, K):
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     if order == 3:  # and the comparison can tell: the Taylor D2 is visibly another trajectory
-        other = run(dpm_solver_steps(model, d, x_T, None, False, order=3, third_order="taylor"))
+        other = run(dpm_solver_steps(model, d, x_T, GLOBAL_NOISE, False, order=3, third_order="taylor"))
         assert (other - theirs[-1]).abs().max() > 1e-4
 
 
@@ -136,11 +137,11 @@ def test_sde_2m_is_deterministic_given_seeds_and_differs_across_seeds():
     d = GaussianDiffusion(Schedule.from_betas(make_betas("linear", 100))).with_steps(10)
     x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     step = SAMPLERS["sde-dpm++2m"].steps
-    a = run(step(dummy_model(3), d, x_T, sample_generators(5, 0, 4), False))
-    b = run(step(dummy_model(3), d, x_T, sample_generators(5, 0, 4), False))
-    c = run(step(dummy_model(3), d, x_T, sample_generators(6, 0, 4), False))
+    a = run(step(dummy_model(3), d, x_T, per_item(5, "sample", range(4)), False))
+    b = run(step(dummy_model(3), d, x_T, per_item(5, "sample", range(4)), False))
+    c = run(step(dummy_model(3), d, x_T, per_item(6, "sample", range(4)), False))
     assert torch.equal(a, b) and not torch.allclose(a, c)
-    ode = run(SAMPLERS["dpm++2m"].steps(dummy_model(3), d, x_T, sample_generators(5, 0, 4), False))
+    ode = run(SAMPLERS["dpm++2m"].steps(dummy_model(3), d, x_T, per_item(5, "sample", range(4)), False))
     assert not torch.allclose(a, ode)
 
 
@@ -150,7 +151,8 @@ def test_sde_2m_matches_the_exact_marginal_on_gaussian_data():
     d = GaussianDiffusion(s).with_steps(50, "logsnr")
     n = 20_000
     x_T = torch.randn(n, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out = list(SAMPLERS["sde-dpm++2m"].steps(optimal_eps(s), d, x_T, torch.Generator().manual_seed(3), False))
+    noise = GlobalNoise(torch.Generator().manual_seed(3))
+    out = list(SAMPLERS["sde-dpm++2m"].steps(optimal_eps(s), d, x_T, noise, False))
     x1 = out[-2].x
     a1 = s.sqrt_alpha_bar[0].item()
     mean_ref, var_ref = a1 * M, a1**2 * S_DATA**2 + 1 - a1**2

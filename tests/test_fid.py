@@ -26,6 +26,7 @@ from ddpm.evaluation.fid import (
     save_statistics,
 )
 from ddpm.evaluation.frechet import feature_statistics, frechet_distance
+from ddpm.rng import generator, seed_torch
 
 needs_torchmetrics = pytest.mark.skipif(
     importlib.util.find_spec("torchmetrics") is None, reason="torchmetrics is not installed"
@@ -362,7 +363,7 @@ def _numpy_inception_score(logits: np.ndarray, splits: int, order: np.ndarray) -
 @pytest.mark.parametrize(("n", "splits"), [(400, 10), (103, 4), (10, 4)])
 def test_inception_score_equals_a_direct_numpy_computation(n: int, splits: int) -> None:
     logits = torch.randn(n, 10, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * 3
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(5)).numpy()
+    order = torch.randperm(n, generator=generator(5, "inception-score")).numpy()  # the seed rule (ddpm.rng)
     mean, std = inception_score(logits, splits, seed=5)
     want_mean, want_std = _numpy_inception_score(logits.numpy(), splits, order)
     assert mean == pytest.approx(want_mean, rel=1e-12) and std == pytest.approx(want_std, rel=1e-10)
@@ -384,7 +385,7 @@ def test_inception_score_equals_torchmetrics_on_the_same_logits(n: int, splits: 
         metric = InceptionScore(feature=nn.Identity(), splits=splits)  # it is fed the logits themselves
     metric.update(logits)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)  # torchmetrics shuffles with the global generator; ours with its own of the same seed
+        seed_torch(3, "inception-score")  # torchmetrics shuffles with the global generator; ours with its own
         theirs = metric.compute()
     mean, std = inception_score(logits, splits, seed=3)
     assert mean == pytest.approx(float(theirs[0]), rel=1e-12) and std == pytest.approx(float(theirs[1]), rel=1e-10)

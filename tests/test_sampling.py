@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, SharedNoise, randn
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.rng import GLOBAL_NOISE, GlobalNoise, SharedNoise, per_item
 from ddpm.sampling import (
     ancestral_steps,
     ddim_steps,
@@ -13,7 +14,6 @@ from ddpm.sampling import (
     reconstruct_from,
     run,
     sample,
-    sample_generators,
 )
 from ddpm.schedules import Schedule, make_betas
 
@@ -40,23 +40,23 @@ def small_diffusion():
 
 
 def test_same_seed_same_samples_other_seed_other_samples(small_diffusion):
-    a = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(0))
-    b = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(0))
-    c = sample(linear_net, small_diffusion, (3, 1, 4, 4), torch.Generator().manual_seed(1))
+    a = sample(linear_net, small_diffusion, (3, 1, 4, 4), GlobalNoise(torch.Generator().manual_seed(0)))
+    b = sample(linear_net, small_diffusion, (3, 1, 4, 4), GlobalNoise(torch.Generator().manual_seed(0)))
+    c = sample(linear_net, small_diffusion, (3, 1, 4, 4), GlobalNoise(torch.Generator().manual_seed(1)))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_per_sample_seeds_make_results_independent_of_batching(small_diffusion):
-    whole = sample(linear_net, small_diffusion, (4, 1, 2, 2), sample_generators(7, 0, 4))
-    first = sample(linear_net, small_diffusion, (2, 1, 2, 2), sample_generators(7, 0, 2))
-    second = sample(linear_net, small_diffusion, (2, 1, 2, 2), sample_generators(7, 2, 2))
+    whole = sample(linear_net, small_diffusion, (4, 1, 2, 2), per_item(7, "sample", range(4)))
+    first = sample(linear_net, small_diffusion, (2, 1, 2, 2), per_item(7, "sample", range(2)))
+    second = sample(linear_net, small_diffusion, (2, 1, 2, 2), per_item(7, "sample", range(2, 2 + 2)))
     assert torch.allclose(whole, torch.cat([first, second]), atol=1e-6)
 
 
 def test_every_step_is_observable_and_the_last_returns_the_mean(small_diffusion):
     d = small_diffusion
-    x_T = randn((2, 1, 3, 3), torch.Generator().manual_seed(0))
-    steps = list(ancestral_steps(linear_net, d, x_T, torch.Generator().manual_seed(1)))
+    x_T = GlobalNoise(torch.Generator().manual_seed(0)).randn((2, 1, 3, 3))
+    steps = list(ancestral_steps(linear_net, d, x_T, GlobalNoise(torch.Generator().manual_seed(1))))
     assert [s.t for s in steps] == list(range(50, 0, -1))
     assert all(s.pred_x0.abs().max() <= 1 for s in steps)  # clipped x̂₀
     x1 = steps[-2].x
@@ -66,7 +66,8 @@ def test_every_step_is_observable_and_the_last_returns_the_mean(small_diffusion)
 
 def test_unclipped_sampling_is_allowed(small_diffusion):
     x_T = 5 * torch.ones(1, 1, 2, 2)
-    last = list(ancestral_steps(lambda x, s: torch.zeros_like(x), small_diffusion, x_T, None, clip_denoised=False))
+    last = list(ancestral_steps(lambda x, s: torch.zeros_like(x), small_diffusion, x_T, GLOBAL_NOISE,
+                                clip_denoised=False))
     assert last[0].pred_x0.max() > 1
 
 
@@ -100,8 +101,8 @@ def test_fast_samplers_match_hand_derived_moments_on_gaussian_data(sampler, step
 
     m, var = 0.3, 0.25
     d = GaussianDiffusion(S, "eps", "fixed_beta_tilde")
-    x = sample(gaussian_optimal_eps(m, var), d, (4000, 4), torch.Generator().manual_seed(3), sampler=sampler,
-               steps=steps, eta=eta, clip_denoised=False)
+    x = sample(gaussian_optimal_eps(m, var), d, (4000, 4), GlobalNoise(torch.Generator().manual_seed(3)),
+               sampler=sampler, steps=steps, eta=eta, clip_denoised=False)
     kept = spaced_steps(1000, steps)
     mean_ref, var_ref = 0.0, 1.0
     for t in reversed(kept):
@@ -116,9 +117,9 @@ def test_fast_samplers_match_hand_derived_moments_on_gaussian_data(sampler, step
 
 def test_ddim_with_eta_zero_is_deterministic_given_x_T():
     d = GaussianDiffusion(S).respaced([1, 250, 500, 750, 1000])
-    x_T = randn((2, 3), torch.Generator().manual_seed(0))
-    a = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, torch.Generator().manual_seed(1)))
-    b = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, torch.Generator().manual_seed(2)))
+    x_T = GlobalNoise(torch.Generator().manual_seed(0)).randn((2, 3))
+    a = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, GlobalNoise(torch.Generator().manual_seed(1))))
+    b = run(ddim_steps(gaussian_optimal_eps(0.0, 0.5), d, x_T, GlobalNoise(torch.Generator().manual_seed(2))))
     assert torch.equal(a, b)
 
 
@@ -130,13 +131,14 @@ def test_respaced_chain_feeds_the_network_the_original_steps():
         return torch.zeros_like(x)
 
     d = GaussianDiffusion(S).respaced([1, 500, 1000])
-    sample(spy, d, (1, 2), torch.Generator().manual_seed(0))
+    sample(spy, d, (1, 2), GlobalNoise(torch.Generator().manual_seed(0)))
     assert seen == [999, 499, 0]
 
 
 def test_reconstructions_share_one_frozen_x_t(small_diffusion):
     x0 = torch.zeros(1, 1, 4, 4)
-    x_t, recs = reconstruct_from(linear_net, small_diffusion, x0, t=25, n=5, generator=torch.Generator().manual_seed(0))
+    x_t, recs = reconstruct_from(linear_net, small_diffusion, x0, t=25, n=5,
+                                 noise=GlobalNoise(torch.Generator().manual_seed(0)))
     assert x_t.shape == (1, 1, 4, 4) and recs.shape == (5, 1, 4, 4)
     assert not torch.allclose(recs[0], recs[1])  # different reverse noise, same x_t
     with pytest.raises(ValueError, match="t must be"):
@@ -147,13 +149,13 @@ def test_interpolation_endpoints_decode_each_image(small_diffusion):
     d = small_diffusion
     a, b = -0.5 * torch.ones(1, 1, 2, 2), 0.5 * torch.ones(1, 1, 2, 2)
     lambdas = [0.0, 0.5, 1.0]
-    out = interpolate(linear_net, d, a, b, t=20, lambdas=lambdas, generator=torch.Generator().manual_seed(4))
+    out = interpolate(linear_net, d, a, b, t=20, lambdas=lambdas, noise=GlobalNoise(torch.Generator().manual_seed(4)))
     assert out.shape == (3, 1, 2, 2)
     # endpoint λ = 0 equals decoding x_a's encoding alone with the same noise stream
     g = torch.Generator().manual_seed(4)
-    noise = randn((1, 1, 2, 2), g)
+    noise = GlobalNoise(g).randn((1, 1, 2, 2))
     x_t_a = d.q_sample(a, torch.tensor([20]), noise)
-    alone = run(ancestral_steps(linear_net, d, x_t_a, SharedNoise(g), True, t_start=20))
+    alone = run(ancestral_steps(linear_net, d, x_t_a, SharedNoise(GlobalNoise(g)), True, t_start=20))
     assert torch.allclose(out[0], alone[0], atol=1e-6)
     assert out[0].mean() < out[1].mean() < out[2].mean()
 
@@ -209,19 +211,19 @@ def test_every_registered_sampler_has_one_signature_and_can_start_from_t_start()
     from ddpm.sampling import SAMPLERS, sampler_help
 
     d = GaussianDiffusion(S).with_steps(12)
-    x = randn((2, 3), torch.Generator().manual_seed(0))
+    x = GlobalNoise(torch.Generator().manual_seed(0)).randn((2, 3))
     from ddpm.sampling.analytic import AnalyticDiffusion
 
     plain = d
     for name, info in SAMPLERS.items():
         d = AnalyticDiffusion(plain, torch.full((S.T,), 0.5)) if info.needs_gamma else plain  # Γ: Analytic-DPM
-        steps = list(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True, 5))
+        steps = list(info.steps(linear_net, d, x, per_item(0, "sample", range(2)), True, 5))
         assert [s.t for s in steps] == [5, 4, 3, 2, 1], name
         assert steps[-1].x.shape == x.shape and torch.isfinite(steps[-1].x).all(), name
         assert name in sampler_help() and "\n" not in info.description
-        again = run(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True))
-        other = run(info.steps(linear_net, d, x, sample_generators(1, 0, 2), True))
-        assert torch.equal(again, run(info.steps(linear_net, d, x, sample_generators(0, 0, 2), True)))
+        again = run(info.steps(linear_net, d, x, per_item(0, "sample", range(2)), True))
+        other = run(info.steps(linear_net, d, x, per_item(1, "sample", range(2)), True))
+        assert torch.equal(again, run(info.steps(linear_net, d, x, per_item(0, "sample", range(2)), True)))
         assert torch.equal(again, other) != info.stochastic, name  # stochastic ⇔ the seed matters given x_T
 
 
@@ -236,7 +238,7 @@ def test_sample_refuses_bad_names_eta_and_t_start(small_diffusion):
     with pytest.raises(ConfigError, match=r"^eta must be a finite number >= 0, got nan$"):
         sample(linear_net, small_diffusion, (1, 2), sampler="ddim", eta=float("nan"))
     with pytest.raises(ConfigError, match=r"^t_start must be an integer in 1..50 \(a time of this chain\), got 0$"):
-        next(ancestral_steps(linear_net, small_diffusion, torch.zeros(1, 2), None, True, t_start=0))
+        next(ancestral_steps(linear_net, small_diffusion, torch.zeros(1, 2), GLOBAL_NOISE, True, t_start=0))
 
 
 def test_dpm_solver_through_sample_with_few_steps_is_close_to_ddim_with_many():
@@ -246,7 +248,7 @@ def test_dpm_solver_through_sample_with_few_steps_is_close_to_ddim_with_many():
     model = gaussian_optimal_eps(0.3, 0.25)
 
     def draw(sampler, steps, spacing="uniform"):
-        return sample(model, d, (64, 2), torch.Generator().manual_seed(0), sampler=sampler, steps=steps,
+        return sample(model, d, (64, 2), GlobalNoise(torch.Generator().manual_seed(0)), sampler=sampler, steps=steps,
                       clip_denoised=False, spacing=spacing)
 
     fine = draw("ddim", None)

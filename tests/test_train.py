@@ -175,3 +175,16 @@ def test_torch_compile_trains_on_the_cpu_like_eager(tmp_path):
     eager = train(tiny(total_steps=2, log_every=1), tmp_path / "eager", progress=False)
     compiled = train(tiny(total_steps=2, log_every=1, compile=True), tmp_path / "compiled", progress=False)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
+
+
+def test_one_backend_rule_and_one_way_in_and_out_of_the_processes(monkeypatch, tmp_path):
+    from ddpm.processes import ProcessGroup, backend_for, joined
+    from ddpm.train import Trainer
+
+    assert backend_for(torch.device("cuda", 1)) == "nccl"
+    assert backend_for(torch.device("cpu")) == backend_for(torch.device("mps")) == "gloo"
+    with joined(torch.device("cpu")) as group:  # one process: no group to create or destroy
+        assert group == ProcessGroup()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="needs its process group"):
+        Trainer(tiny(), tmp_path / "run", progress=False)

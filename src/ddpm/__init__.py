@@ -4,7 +4,8 @@ The names a newcomer needs, one import away::
 
     import ddpm
     model = ddpm.load_model("runs/digits")                     # a checkpoint (or a run's latest)
-    x = ddpm.sample(model, model.diffusion, (16, *model.sample_shape), generator, sampler="dpm++2m", steps=20)
+    noise = ddpm.per_item(seed=0, purpose="sample", indices=range(16))  # sample i: its own stream
+    x = ddpm.sample(model, model.diffusion, (16, *model.sample_shape), noise, sampler="dpm++2m", steps=20)
 
 Everything else lives in the submodules (``ddpm.schedules``, ``ddpm.diffusion``, ``ddpm.sampling``,
 ``ddpm.evaluation``, …; docs/architecture.md maps them). The names below are imported on first use, so
@@ -28,8 +29,8 @@ _EXPORTS = {
     "dataset_for": "ddpm.data",
     "LoadedModel": "ddpm.loading", "load_model": "ddpm.loading",
     "SAMPLER_NAMES": "ddpm.sampling", "sample": "ddpm.sampling",
-    "train": "ddpm.train",
-}
+    "GlobalNoise": "ddpm.rng", "per_item": "ddpm.rng",
+}  # training is ddpm.train.train(cfg, run_dir): the package ddpm.train holds the name ``train`` itself
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str) -> Any:

@@ -32,8 +32,8 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option."""
 
 
-# Seeds feed torch and numpy generators; sample i of a run is seeded by seed·1_000_003 + i (ddpm.sampling),
-# which stays inside the 64 bits torch accepts for every seed up to 2³² − 1. numpy refuses negative seeds.
+# Seeds are integers in 0..MAX_SEED; ddpm.rng hashes (seed, purpose, index…) into each generator's 63-bit seed
+# (e.g. sample i of a run is stream (seed, "sample", i)), so no seed is mixed into another by arithmetic.
 MAX_SEED = 2**32 - 1
 
 # Every β schedule table is a float64 vector of T entries (ddpm.schedules), built from whatever T a config or a

@@ -21,36 +21,12 @@ from .likelihood import (
     nats_to_bits_per_dim,
     normal_kl,
 )
+from .rng import GLOBAL_NOISE, Noise
 from .schedules import SPACINGS, Schedule, Spacing, gather, spaced_steps
 
 Tensor = torch.Tensor
 Model = Callable[[Tensor, Tensor], Tensor]
 Decoder = Literal["discretized", "continuous"]
-
-
-# --- randomness --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SharedNoise:
-    """One noise draw shared by every example of a batch (e.g. the λ grid of an interpolation)."""
-
-    generator: torch.Generator | None
-
-
-Generators = torch.Generator | list[torch.Generator] | SharedNoise | None
-
-
-def randn(shape: tuple[int, ...], generator: Generators, device: torch.device | str = "cpu") -> Tensor:
-    """Standard normal noise; a list of generators gives one independent stream per example."""
-    if isinstance(generator, SharedNoise):
-        return randn((1, *shape[1:]), generator.generator, device).expand(shape).contiguous()
-    if isinstance(generator, list):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
-    if generator is not None and generator.device.type != torch.device(device).type:
-        return torch.randn(shape, generator=generator).to(device)
-    return torch.randn(shape, generator=generator, device=device)
 
 
 # --- q(x_t | x_0), Eq. 4 -----------------------------------------------------------------------
@@ -325,7 +301,7 @@ class GaussianDiffusion:
             loss = mse + vlb
         return LossTerms(loss, mse, vlb, t)
 
-    def bound_chunks(self, model: Model, x0: Tensor, generator: Generators, clip_denoised: bool = True,
+    def bound_chunks(self, model: Model, x0: Tensor, noise: Noise, clip_denoised: bool = True,
                      t_per_batch: int = 1, decoder: Decoder = "discretized",
                      ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield (t, L_{t−1} bits/dim (B, k), x̂₀ MSE (B, k)) for chunks of k times from T down to 1.
@@ -338,21 +314,21 @@ class GaussianDiffusion:
             k = ts.numel()
             x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))  # (k·B, ...), time-major
             t = ts.repeat_interleave(B)
-            noise = torch.cat([randn(tuple(x0.shape), generator, x0.device) for _ in range(k)])
-            x_t = self.q_sample(x0_rep, t, noise)
+            eps = torch.cat([noise.randn(tuple(x0.shape), x0.device) for _ in range(k)])
+            x_t = self.q_sample(x0_rep, t, eps)
             p = self.p_mean_var(model, x_t, t, clip_denoised)
             terms = self.vlb_term_bpd(p, x0_rep, x_t, t, decoder).reshape(k, B).T
             mse = mean_flat((p.pred_x0 - x0_rep) ** 2).reshape(k, B).T
             yield ts, terms, mse
 
     @torch.no_grad()
-    def bound(self, model: Model, x0: Tensor, generator: Generators = None, clip_denoised: bool = True,
+    def bound(self, model: Model, x0: Tensor, noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True,
               t_per_batch: int = 1, decoder: Decoder = "discretized") -> BoundTerms:
         """Every term of the variational bound (Eq. 5) for a batch, in bits/dim."""
         B = x0.shape[0]
         terms = torch.zeros(B, self.T, device=x0.device, dtype=x0.dtype)
         mse = torch.zeros_like(terms)
-        for ts, chunk_terms, chunk_mse in self.bound_chunks(model, x0, generator, clip_denoised, t_per_batch,
+        for ts, chunk_terms, chunk_mse in self.bound_chunks(model, x0, noise, clip_denoised, t_per_batch,
                                                                   decoder):
             terms[:, ts - 1] = chunk_terms
             mse[:, ts - 1] = chunk_mse

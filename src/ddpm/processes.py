@@ -1,14 +1,18 @@
-"""This process's place among the ``torchrun`` processes, and the torch device that goes with it.
+"""This process's place among the ``torchrun`` processes, the torch device that goes with it, and the few
+collectives the project uses.
 
 torchrun describes the group in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``). One process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) needs no group at all.
-Training and evaluation both join through here; each picks its own backend.
+Training and evaluation both enter and leave it the same way, ``with joined(device) as group``, and one rule
+picks the backend from the device (``backend_for``: NCCL on CUDA, gloo otherwise).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -36,23 +40,39 @@ class ProcessGroup:
         return self.world_size > 1
 
 
-def join_processes(backend: str, timeout_s: float | None = None) -> ProcessGroup:
-    """Join the process group torchrun describes; a single process gets ``ProcessGroup()``.
+def under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    The group is created (with ``backend``, e.g. "nccl" or "gloo") only if none is initialized yet;
-    ``timeout_s=None`` keeps torch's default timeout.
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 for one process): its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def backend_for(device: torch.device) -> str:
+    """The one backend rule: NCCL between CUDA devices, gloo otherwise (the CPU, MPS)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def join_processes(device: torch.device, timeout_s: float | None = None) -> ProcessGroup:
+    """Join the process group torchrun describes, for work on ``device``; a single process gets ``ProcessGroup()``.
+
+    The group is created (backend ``backend_for(device)``) only if none is initialized yet; ``timeout_s=None``
+    keeps torch's default timeout. Prefer ``joined``, which also leaves the group.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not under_torchrun():
         return ProcessGroup()
     owns = False
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's object collectives run on the current device: this process's
         if timeout_s is None:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend_for(device))
         else:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group(backend=backend_for(device), timeout=timedelta(seconds=timeout_s))
         owns = True
-    return ProcessGroup(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank(), owns)
 
 
 def leave_processes(group: ProcessGroup) -> None:
@@ -62,6 +82,19 @@ def leave_processes(group: ProcessGroup) -> None:
 
 
 DEFAULT_DEVICE = "auto"  # every command's --device: the GPU when there is one (device_for resolves it)
+
+
+@contextmanager
+def joined(device: torch.device, timeout_s: float | None = None) -> Iterator[ProcessGroup]:
+    """torchrun's processes for work on ``device`` for the block; the group is left (destroyed when the block
+    created it) however the block ends."""
+    group = join_processes(device, timeout_s)
+    try:
+        yield group
+    finally:
+        leave_processes(group)
+
+
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda)(:(0|[1-9][0-9]{0,3}))?")
 
 
@@ -104,3 +137,12 @@ def barrier(group: ProcessGroup) -> None:
     """Wait for every process (no-op for one)."""
     if group.distributed:
         dist.barrier()
+
+
+def all_ranks_ok(ok: bool, group: ProcessGroup, device: torch.device) -> bool:
+    """True only when every process says ``ok`` (so that all stop together)."""
+    if not group.distributed:
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

@@ -6,6 +6,7 @@ from ddpm.config import DiffusionConfig, MLPConfig
 from ddpm.data.toy2d import TOY2D_RADIUS, TOY2D_STD, toy2d_centers, toy2d_sample
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.nets import build_model
+from ddpm.rng import GlobalNoise
 from ddpm.sampling import sample
 
 
@@ -41,7 +42,7 @@ def test_trained_mlp_samples_match_the_data_and_broken_samplers_do_not():
     n = 2000
     fresh = toy2d_sample(n, torch.Generator().manual_seed(2))
     baseline = mmd_rbf(toy2d_sample(n, torch.Generator().manual_seed(3)), fresh)
-    x = sample(net, d, (n, 2), torch.Generator().manual_seed(1))
+    x = sample(net, d, (n, 2), GlobalNoise(torch.Generator().manual_seed(1)))
     good = mmd_rbf(x, fresh)
     # the threshold sits an order of magnitude above two real sets and far below the broken samplers
     threshold = 0.15
@@ -59,5 +60,5 @@ def test_trained_mlp_samples_match_the_data_and_broken_samplers_do_not():
     def sign_error(x_t, step):
         return -net(x_t, step)
 
-    broken = sample(sign_error, d, (n, 2), torch.Generator().manual_seed(1))
+    broken = sample(sign_error, d, (n, 2), GlobalNoise(torch.Generator().manual_seed(1)))
     assert mmd_rbf(broken, fresh) > 3 * threshold

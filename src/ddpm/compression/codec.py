@@ -32,6 +32,8 @@ from .container import BITS_PER_IMAGE, GRID_LOG2_RANGE, MAX_BATCH, MAX_THREADS, 
 from .errors import CompressionError
 from .stack import Stack
 
+# The initial bits are part of the file format (a decoder regenerates them to check the stack's bottom), so they
+# keep numpy's default_rng(0x0DD9) and stay outside ddpm.rng: a new seed rule must not break existing files.
 _INITIAL_SEED = 0x0DD9
 PREVIEW_IMAGES = 100  # x̂₀ previews keep the first 100 images (one grid)
 _MARGIN_WORDS = 2  # words kept below the lowest point the coder reached

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..rng import numpy_rng
 from .errors import DataError
 from .levels import check_levels, from_levels
 
@@ -39,7 +40,7 @@ def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: i
     check_split(split)
     if not 0.0 < held_out_fraction < 1.0:
         raise DataError(f"{source}: data.held_out_fraction must be in (0, 1), got {held_out_fraction}")
-    order = np.random.default_rng(split_seed).permutation(n)
+    order = numpy_rng(split_seed, "split").permutation(n)
     n_test = int(round(held_out_fraction * n))
     idx = np.sort(order[:n_test] if split == "test" else order[n_test:])
     if len(idx) == 0:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..rng import numpy_rng
 from .base import ArrayImageDataset, check_image_config, check_split
 from .errors import DataError
 from .levels import check_levels, quantize_unit, requantize
@@ -23,7 +24,7 @@ def digits_arrays(
     """Images (N, 8, 8) uint8 in 0..16 and labels (N,) of one fixed split of the 1,797 digits.
 
     The held-out (test) split is the first ``round(held_out_fraction * N)`` images of a permutation
-    drawn from ``split_seed``; it never changes for the same two arguments.
+    drawn from stream (split_seed, "split") of ``ddpm.rng``; it never changes for the same two arguments.
     """
     from sklearn.datasets import load_digits
 
@@ -32,7 +33,7 @@ def digits_arrays(
     bunch = load_digits()
     images = bunch.images.astype(np.uint8)  # float64 0..16 in the package
     labels = bunch.target.astype(np.int64)
-    order = np.random.default_rng(split_seed).permutation(len(images))
+    order = numpy_rng(split_seed, "split").permutation(len(images))
     n_test = int(round(held_out_fraction * len(images)))
     if split == "test":
         idx = order[:n_test]

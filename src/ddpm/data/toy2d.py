@@ -2,7 +2,7 @@
 
 Centers at radius 0.8 and angles 2*pi*k/8, isotropic standard deviation 0.05, so points lie in
 [-1, 1]^2 except for a fraction of about 1e-4 (no clipping). The train and test sets (20,000 and
-5,000 points) are fixed by ``split_seed``, with different seeds for the two splits.
+5,000 points) are fixed by ``split_seed``, a different stream of ``ddpm.rng`` for each split.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..rng import generator
 from .base import PointDataset, check_split
 
 TOY2D_MODES = 8
@@ -44,9 +45,8 @@ def toy2d_log_prob(x: Tensor) -> Tensor:
 
 
 def toy2d_points(split: str, split_seed: int = 0) -> Tensor:
-    """The fixed points of one split: train from seed 2*split_seed, test from 2*split_seed + 1."""
-    g = torch.Generator().manual_seed(2 * split_seed + (check_split(split) == "test"))
-    return toy2d_sample(TOY2D_SIZES[split], g)
+    """The fixed points of one split: stream (split_seed, "toy2d", 0) for train, (split_seed, "toy2d", 1) for test."""
+    return toy2d_sample(TOY2D_SIZES[split], generator(split_seed, "toy2d", int(check_split(split) == "test")))
 
 
 def toy2d_dataset(split: str, split_seed: int = 0) -> PointDataset:

@@ -25,6 +25,7 @@ from ..config import check_int, check_seed
 from ..loading import LoadedModel, Weights, load_model
 from ..outputs import atomic_file, write_text
 from ..processes import DEFAULT_DEVICE, check_device, device_for
+from ..rng import GlobalNoise, generator
 from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
 from .common import DataChoice, batched, load_split, stack_items
 
@@ -111,7 +112,7 @@ def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_im
         raise CheckpointError("the Γ estimate needs at least one training image; the training split is empty")
     device = next(model.net.parameters()).device
     batches = (stack_items(images, idx).to(device) for idx in batched(range(n), batch_size))
-    gamma, count = estimate_gamma(model, model.diffusion, batches, torch.Generator().manual_seed(seed))
+    gamma, count = estimate_gamma(model, model.diffusion, batches, GlobalNoise(generator(seed, "analytic-gamma")))
     assert count == n and not math.isnan(float(gamma.sum()))
     write_estimate(checkpoint, model, gamma, n, seed)
     return gamma

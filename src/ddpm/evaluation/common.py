@@ -19,8 +19,8 @@ from ..config import ConfigError, DataConfig, RunConfig, check_int, check_seed, 
 from ..data import build_dataset
 from ..loading import LoadedModel, Weights, load_model
 from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
-from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, leave_processes
-from .parallel import join_evaluation
+from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, local_rank
+from .parallel import evaluation_processes
 
 Split = Literal["train", "test"]
 
@@ -87,17 +87,14 @@ def session(common: CommonOptions, command: str) -> Iterator[Session]:
     The folder is checked before the model is loaded; one this command created is removed again if the command
     fails before writing anything into it (``ddpm.outputs.OutputDir``).
     """
-    group = join_evaluation()
-    try:
-        device = device_for(common.device, group.local_rank)
+    device = device_for(common.device, local_rank())
+    with evaluation_processes(device) as group:
         if group.is_main:
             check_output_dir(common.out, command, common.overwrite)
         model = load_model(common.checkpoint, common.weights, device)
         model.bf16 = common.bf16
         with OutputDir(common.out, command, overwrite=common.overwrite, active=group.is_main) as out:
             yield Session(model, device, group, out, command)
-    finally:
-        leave_processes(group)
 
 
 def is_image_model(cfg: RunConfig) -> bool:

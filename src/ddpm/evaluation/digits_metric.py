@@ -43,6 +43,7 @@ from torch import nn
 from ddpm.data.digits import DIGITS_LEVELS, digits_arrays
 from ddpm.data.levels import from_levels
 from ddpm.evaluation.frechet import feature_statistics, frechet_distance
+from ddpm.rng import generator, numpy_rng, seed_torch
 
 __all__ = [
     "ClassifierRecipe",
@@ -61,8 +62,9 @@ __all__ = [
     "train_digits_classifier",
 ]
 
-# Bump when the network or the training loop changes, so that old cache files are not reused.
-RECIPE_VERSION = 1
+# Bump when the network, the training loop or its seed rule changes, so that old cache files are not reused
+# (2: the seeds of ddpm.rng).
+RECIPE_VERSION = 2
 NUM_CLASSES = 10
 _INFER_BATCH = 2048
 
@@ -192,7 +194,7 @@ def _deterministic_single_thread(seed: int) -> Iterator[None]:
     det = torch.are_deterministic_algorithms_enabled()
     det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        seed_torch(seed, "classifier", 0)  # the initial weights
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
         try:
@@ -224,17 +226,17 @@ def train_digits_classifier(recipe: ClassifierRecipe = ClassifierRecipe()) -> Di
     x_all, y_all = to_digits_tensor(images), torch.from_numpy(labels)
     steps_per_epoch = -(-len(x_all) // recipe.batch_size)
     with _deterministic_single_thread(recipe.seed):
-        generator = torch.Generator().manual_seed(recipe.seed)
+        g = generator(recipe.seed, "classifier", 1)  # the batch order and the shifts
         model = DigitsClassifier(recipe.width, recipe.feature_dim)
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         total_steps = recipe.epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=total_steps)
         model.train()
         for _ in range(recipe.epochs):
-            order = torch.randperm(len(x_all), generator=generator)
+            order = torch.randperm(len(x_all), generator=g)
             for start in range(0, len(x_all), recipe.batch_size):
                 idx = order[start : start + recipe.batch_size]
-                x = _random_shift(x_all[idx], recipe.max_shift, generator)
+                x = _random_shift(x_all[idx], recipe.max_shift, g)
                 loss = F.cross_entropy(model(x), y_all[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -426,7 +428,7 @@ def evaluate_digits(
     model = _classifier(classifier, cache_dir)
     samples_t = to_digits_tensor(samples)
     _check_count(samples_t, "samples")
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed, "digits-reference")
     test_x, test_y = digits_arrays("test", recipe.held_out_fraction, recipe.split_seed)
     train_x, _ = digits_arrays("train", recipe.held_out_fraction, recipe.split_seed)
     n_ref = len(test_x) if n_reference is None else int(n_reference)

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from ddpm.data.levels import to_levels
 from ddpm.evaluation.frechet import frechet_distance
 from ddpm.outputs import write_npz
+from ddpm.rng import generator
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
@@ -384,7 +385,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
         raise ValueError(f"splits must be >= 1, got {splits}")
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"logits must have shape (N, K) with N >= 1, got {tuple(logits.shape)}")
-    order = torch.randperm(logits.shape[0], generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(logits.shape[0], generator=generator(seed, "inception-score"))
     log_p = logits.detach().cpu().double()[order].log_softmax(dim=1)  # log p(y|x)
     scores = []
     for part in log_p.chunk(splits):

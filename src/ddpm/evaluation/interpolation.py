@@ -19,7 +19,8 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..images import save_image_grid, to_display_uint8
 from ..outputs import write_npz
-from ..sampling import interpolate, sample_generators
+from ..rng import GlobalNoise, generator, numpy_rng
+from ..sampling import interpolate
 from .common import CommonOptions, DataChoice, is_image_model, limited, load_split, session, write_json, write_run_info
 from .parallel import gather_to_main, shard
 
@@ -49,15 +50,15 @@ def choose_pairs(n_images: int, n_pairs: int, seed: int, indices: Sequence[int] 
         return [(int(indices[i]), int(indices[i + 1])) for i in range(0, len(indices), 2)]
     if n_images < 2:
         raise ValueError(f"interpolation needs at least 2 images, the split has {n_images}")
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed, "pairs")
     return [tuple(int(v) for v in rng.choice(n_images, 2, replace=False)) for _ in range(n_pairs)]  # type: ignore[misc]
 
 
 @torch.no_grad()
 def interpolation_row(model: Model, diffusion: GaussianDiffusion, x_a: Tensor, x_b: Tensor, t: int,
-                      lambdas: Sequence[float], generator: torch.Generator, clip_denoised: bool = True) -> Tensor:
+                      lambdas: Sequence[float], noise: GlobalNoise, clip_denoised: bool = True) -> Tensor:
     """One row: x₀ | decoded x̄_t for each λ | x'₀, shape (len(lambdas) + 2, *x_a.shape[1:])."""
-    decoded = interpolate(model, diffusion, x_a, x_b, t, lambdas, generator, clip_denoised)
+    decoded = interpolate(model, diffusion, x_a, x_b, t, lambdas, noise, clip_denoised)
     return torch.cat([x_a, decoded, x_b]).cpu()
 
 
@@ -68,9 +69,9 @@ def interpolation_rows(model: Model, diffusion: GaussianDiffusion, pairs: Tensor
     out = []
     for r in tqdm(rows, desc="interpolation rows", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
-        gen = sample_generators(seed, int(r), 1)[0]
+        noise = GlobalNoise(generator(seed, "interpolation", int(r)))
         a, b = pairs[j, 0:1].to(device), pairs[j, 1:2].to(device)
-        out.append(interpolation_row(model, diffusion, a, b, times[k], lambdas, gen, clip_denoised))
+        out.append(interpolation_row(model, diffusion, a, b, times[k], lambdas, noise, clip_denoised))
     return torch.stack(out) if out else torch.zeros(0, len(lambdas) + 2, *pairs.shape[2:])
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
-from ..sampling import sample_generators
+from ..rng import Noise, per_item
 from .common import (
     CommonOptions,
     DataChoice,
@@ -67,11 +67,6 @@ class BoundTotals:
         return int(self.term_sum.numel())
 
 
-def item_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One generator per item, seeded by (seed, item index) exactly as ``sample_generators``."""
-    return [sample_generators(seed, int(i), 1)[0] for i in indices]
-
-
 def resolve_decoder(decoder: DecoderChoice, image_model: bool) -> Decoder:
     """"auto": Eq. 13's discretized decoder for images, the Gaussian density for continuous (toy) data."""
     if decoder == "auto":
@@ -97,7 +92,7 @@ def bound_totals(model: Model, diffusion: GaussianDiffusion, images: ImageSource
                leave=False)
     for batch_idx in batched(indices, batch_size):
         x0 = stack_items(images, batch_idx).to(device)
-        terms = _batch_terms(model, diffusion, x0, item_generators(seed, batch_idx), t_per_batch, clip_denoised,
+        terms = _batch_terms(model, diffusion, x0, per_item(seed, "nll", batch_idx), t_per_batch, clip_denoised,
                              decoder, bar, mse_sum)
         prior = diffusion.prior_bpd(x0).double().cpu()
         term_sum += terms.sum(0)
@@ -115,11 +110,11 @@ def bound_totals(model: Model, diffusion: GaussianDiffusion, images: ImageSource
                        (cat["terms"] if parts["terms"] else torch.zeros(0, T)) if keep_terms else None)
 
 
-def _batch_terms(model: Model, diffusion: GaussianDiffusion, x0: Tensor, generators: list[torch.Generator],
+def _batch_terms(model: Model, diffusion: GaussianDiffusion, x0: Tensor, noise: Noise,
                  t_per_batch: int, clip_denoised: bool, decoder: Decoder, bar: tqdm, mse_sum: Tensor) -> Tensor:
     """(B, T) float64 terms of one batch; adds the batch's x̂₀ squared errors to ``mse_sum``."""
     terms = torch.zeros(x0.shape[0], diffusion.T, dtype=torch.float64)
-    for ts, chunk_terms, chunk_mse in diffusion.bound_chunks(model, x0, generators, clip_denoised, t_per_batch,
+    for ts, chunk_terms, chunk_mse in diffusion.bound_chunks(model, x0, noise, clip_denoised, t_per_batch,
                                                               decoder):
         idx = (ts - 1).cpu()
         terms[:, idx] = chunk_terms.double().cpu()

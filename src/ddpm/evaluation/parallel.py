@@ -1,28 +1,31 @@
 """Splitting evaluation work over ``torchrun`` processes: each rank takes one contiguous share, rank 0 gathers.
 
-The process group is torchrun's, joined through ``ddpm.processes``.
-Only Python objects are exchanged (``gather_object``), so the group always uses gloo, also when the
-networks run on CUDA. One process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) needs no group at all.
+The process group is torchrun's, entered and left as training does (``ddpm.processes.joined``, the backend
+by the device); only Python objects are exchanged (``gather_object``). One process (no ``WORLD_SIZE`` or
+``WORLD_SIZE=1``) needs no group at all.
 
 Results never depend on the number of processes: every item of work (image, sample, row) is seeded by its
-global index (``ddpm.sampling.sample_generators``), not by the rank that happens to compute it.
+global index (a stream of ``ddpm.rng``), not by the rank that happens to compute it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
-from ..processes import ProcessGroup, join_processes
+from ..processes import ProcessGroup, joined
 
 T_ = TypeVar("T_")
+EVALUATION_TIMEOUT_S = 3600.0  # the other ranks may wait long for rank 0 (statistics, figures, files)
 
 
-def join_evaluation() -> ProcessGroup:
-    """Join torchrun's process group for evaluation: always gloo (only Python objects travel), long timeout."""
-    return join_processes("gloo", timeout_s=3600.0)
+def evaluation_processes(device: torch.device) -> AbstractContextManager[ProcessGroup]:
+    """torchrun's processes for an evaluation on ``device`` for a ``with`` block, with a long timeout."""
+    return joined(device, EVALUATION_TIMEOUT_S)
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -47,12 +50,3 @@ def gather_to_main(obj: Any, group: ProcessGroup) -> list[Any] | None:
     out: list[Any] | None = [None] * group.world_size if group.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def broadcast_from_main(obj: Any, group: ProcessGroup) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not group.distributed:
-        return obj
-    box = [obj if group.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

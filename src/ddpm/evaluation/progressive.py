@@ -16,10 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, check_int, shown
-from ..diffusion import GaussianDiffusion, Model, randn
+from ..diffusion import GaussianDiffusion, Model
 from ..images import save_image_grid, to_display_uint8
 from ..outputs import write_npz
-from ..sampling import ancestral_steps, reconstruct_from, sample_generators
+from ..rng import GlobalNoise, generator, per_item
+from ..sampling import ancestral_steps, reconstruct_from
 from ..schedules import spaced_steps
 from .common import (
     CommonOptions,
@@ -63,20 +64,20 @@ def progressive_x0(model: Model, diffusion: GaussianDiffusion, shape: tuple[int,
     at = check_times(at, diffusion.T)
     if not len(indices):
         return torch.zeros(0, len(at), *shape)
-    gens = sample_generators(seed, int(indices[0]), len(indices))
-    x_T = randn((len(indices), *shape), gens, device)
+    noise = per_item(seed, "progressive", indices)  # row i is the same in any batch or shard
+    x_T = noise.randn((len(indices), *shape), device)
     want = set(at)
-    steps = tqdm(ancestral_steps(model, diffusion, x_T, gens, clip_denoised), total=diffusion.T, leave=False,
+    steps = tqdm(ancestral_steps(model, diffusion, x_T, noise, clip_denoised), total=diffusion.T, leave=False,
                  desc="Fig. 6 (reverse process)", disable=not progress)
     frames = [s.pred_x0 for s in steps if s.t in want]
     return torch.stack(frames, dim=1).cpu()
 
 
 @torch.no_grad()
-def shared_xt_row(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int, n: int, generator: torch.Generator,
+def shared_xt_row(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int, n: int, noise: GlobalNoise,
                   clip_denoised: bool = True) -> Tensor:
     """Fig. 7, one row: x₀, the frozen x_t, then n samples of p_θ(x₀|x_t): (n + 2, *x0.shape[1:])."""
-    x_t, samples = reconstruct_from(model, diffusion, x0, t, n, generator, clip_denoised)
+    x_t, samples = reconstruct_from(model, diffusion, x0, t, n, noise, clip_denoised)
     return torch.cat([x0, x_t, samples]).cpu()
 
 
@@ -87,8 +88,8 @@ def shared_xt_rows(model: Model, diffusion: GaussianDiffusion, images: Tensor, t
     out = []
     for r in tqdm(rows, desc="Fig. 7 (shared x_t)", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
-        gen = sample_generators(seed, int(r), 1)[0]
-        out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n, gen, clip_denoised))
+        noise = GlobalNoise(generator(seed, "reconstruction", int(r)))  # one stream for x_t and its n samples
+        out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n, noise, clip_denoised))
     return torch.stack(out) if out else torch.zeros(0, n + 2, *images.shape[1:])
 
 
@@ -178,7 +179,7 @@ def _fig7(s: Session, common: CommonOptions, options: ProgressiveOptions, images
           share_t: list[int]) -> Tensor | None:
     """This rank's Fig. 7 rows, merged on rank 0."""
     rows = shard(range(images.shape[0] * len(share_t)), s.group)
-    part = shared_xt_rows(s.model, s.model.diffusion, images, share_t, options.share_samples, common.seed + 1, rows,
+    part = shared_xt_rows(s.model, s.model.diffusion, images, share_t, options.share_samples, common.seed, rows,
                           options.clip_denoised, s.device, common.progress and s.progress_enabled)
     parts = gather_to_main(part, s.group)
     return torch.cat(parts) if parts is not None else None

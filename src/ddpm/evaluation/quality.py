@@ -16,12 +16,12 @@ from ..config import ConfigError, RunConfig, check_int, check_seed, shown
 from ..data.levels import from_levels
 from ..images import save_image_grid
 from ..outputs import OutputDir, check_output_dir, check_output_file
-from ..processes import check_device, leave_processes
+from ..processes import check_device, device_for, local_rank
 from .common import DataChoice, load_split, write_info_files, write_json
 from .digits_metric import DigitsQuality, evaluate_digits
 from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
 from .figures import plot_class_histograms
-from .parallel import join_evaluation
+from .parallel import evaluation_processes
 
 
 def digits_quality(images: np.ndarray | torch.Tensor, seed: int = 0) -> DigitsQuality:
@@ -81,8 +81,7 @@ class FidReport:
 
 def run_fid(options: FidOptions) -> FidReport | None:
     """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    group = join_evaluation()
-    try:
+    with evaluation_processes(device_for(options.device, local_rank())) as group:
         if not group.is_main:
             return None  # the moments and logits accumulate in one process: it does all of it
         cfg = _checkpoint_config(options.checkpoint)
@@ -98,8 +97,6 @@ def run_fid(options: FidOptions) -> FidReport | None:
             write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
                              world_size=group.world_size)
         return report
-    finally:
-        leave_processes(group)
 
 
 def _checkpoint_config(checkpoint: str | None) -> RunConfig | None:

@@ -1,6 +1,6 @@
 """Unconditional samples (Algorithm 2, respaced, or DDIM) streamed in batches into an .npz of uint8 images.
 
-Sample i is drawn with its own generator seeded by (seed, i) (``sample_generators``), for x_T and for every
+Sample i is drawn with its own generator, stream (seed, "sample", i) of ``ddpm.rng``, for x_T and for every
 step's noise, so the images do not depend on the batch size or on how many processes share the work.
 """
 
@@ -20,7 +20,8 @@ from ..config import ConfigError, check_float, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..images import save_image_grid, to_display_uint8
 from ..outputs import safe_name, write_npz
-from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample, sample_generators
+from ..rng import per_item
+from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample
 from ..schedules import SPACINGS, Spacing
 from .common import CommonOptions, batched, is_image_model, session, write_json, write_run_info
 from .figures import plot_points
@@ -56,8 +57,8 @@ class SamplerSpec:
 def sample_batch(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
                  first_index: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Samples first_index .. first_index + count − 1 (each seeded by its index), in [-1, 1]."""
-    gens = sample_generators(seed, first_index, count)
-    return sample(model, diffusion, (count, *shape), gens, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
+    noise = per_item(seed, "sample", range(first_index, first_index + count))
+    return sample(model, diffusion, (count, *shape), noise, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
                   device, spacing=spec.spacing)
 
 

@@ -8,10 +8,10 @@ from .ancestral import ancestral_steps, ddim_steps
 from .dpm_solver import dpm_solver_steps, dpmpp_2m_steps, dpmpp_3m_steps, sde_dpmpp_2m_steps
 from .reconstruct import interpolate, reconstruct_from
 from .registry import SAMPLER_NAMES, SAMPLERS, SamplerInfo, SamplerName, get_sampler, sample, sampler_help
-from .steps import SampleStep, run, sample_generators
+from .steps import SampleStep, run
 
 __all__ = [
     "SAMPLERS", "SAMPLER_NAMES", "SampleStep", "SamplerInfo", "SamplerName", "ancestral_steps", "ddim_steps",
     "dpm_solver_steps", "dpmpp_2m_steps", "dpmpp_3m_steps", "get_sampler", "interpolate", "reconstruct_from",
-    "run", "sample", "sample_generators", "sampler_help", "sde_dpmpp_2m_steps",
+    "run", "sample", "sampler_help", "sde_dpmpp_2m_steps",
 ]

@@ -30,8 +30,9 @@ from typing import Literal
 import torch
 
 from ..config import ConfigError
-from ..diffusion import GaussianDiffusion, Generators, Model, PMeanVar, randn
+from ..diffusion import GaussianDiffusion, Model, PMeanVar
 from ..likelihood import mean_flat
+from ..rng import GLOBAL_NOISE, Noise
 from ..schedules import Schedule, Spacing, gather
 from .ancestral import ancestral_steps
 from .steps import SampleStep, time_batch
@@ -50,7 +51,7 @@ def gamma_terms(eps: Tensor) -> Tensor:
 
 
 def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Iterable[Tensor],
-                   generator: Generators = None, steps: Sequence[int] | None = None) -> tuple[Tensor, int]:
+                   noise: Noise = GLOBAL_NOISE, steps: Sequence[int] | None = None) -> tuple[Tensor, int]:
     """(Γ_t for t = 1..T of ``diffusion`` as a float64 table (index t − 1), the number of images used).
 
     Γ_t = mean over images x_0 and one draw x_t ~ q(x_t|x_0) each of ‖ε_θ(x_t, t)‖²/d (Monte Carlo over the
@@ -66,7 +67,7 @@ def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Itera
         count += x0.shape[0]
         for t in ts:
             tt = time_batch(t, x0)
-            x_t = diffusion.q_sample(x0, tt, randn(tuple(x0.shape), generator, x0.device))
+            x_t = diffusion.q_sample(x0, tt, noise.randn(tuple(x0.shape), x0.device))
             with torch.no_grad():
                 # unclipped ε̂: Γ is a property of the network's ε-prediction, not of the sampler's clipping
                 p = GaussianDiffusion.p_mean_var(diffusion, model, x_t, tt, clip_denoised=False)
@@ -183,7 +184,7 @@ class AnalyticDiffusion(GaussianDiffusion):
         return PMeanVar(mean, gather(self.log_variances, t, n, dt).expand_as(x_t), p.pred_x0, p.pred_eps)
 
 
-def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                    clip_denoised: bool = True, t_start: int | None = None, *,
                    eta: float | None = None) -> Iterator[SampleStep]:
     """x_s = μ̃_λ(x_t, x̂₀) + σ*_t z for t = T..1 (z = 0 at t = 1) on an ``AnalyticDiffusion`` of either family."""
@@ -193,16 +194,16 @@ def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, gene
     if eta is not None and eta != diffusion.eta:
         diffusion = AnalyticDiffusion(diffusion, diffusion.gamma, eta, diffusion.data_half_range)
     # Algorithm 2's loop: AnalyticDiffusion's p_mean_var supplies μ̃_λ and σ*²
-    yield from ancestral_steps(model, diffusion, x_T, generator, clip_denoised, t_start)
+    yield from ancestral_steps(model, diffusion, x_T, noise, clip_denoised, t_start)
 
 
-def analytic_ddpm_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def analytic_ddpm_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                         clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """Analytic-DDPM: ancestral steps with λ² = β̃ and σ*² from Γ (Bao et al. 2022)."""
-    return analytic_steps(model, diffusion, x_T, generator, clip_denoised, t_start, eta=1.0)
+    return analytic_steps(model, diffusion, x_T, noise, clip_denoised, t_start, eta=1.0)
 
 
-def analytic_ddim_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def analytic_ddim_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                         clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """Analytic-DDIM: DDIM's mean (λ² = 0) with the optimal noise σ*² = c_0²(1 − Γ_t) (Bao et al. 2022)."""
-    return analytic_steps(model, diffusion, x_T, generator, clip_denoised, t_start, eta=0.0)
+    return analytic_steps(model, diffusion, x_T, noise, clip_denoised, t_start, eta=0.0)

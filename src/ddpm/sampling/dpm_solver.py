@@ -14,7 +14,8 @@ from typing import Literal
 
 import torch
 
-from ..diffusion import GaussianDiffusion, Generators, Model, randn
+from ..diffusion import GaussianDiffusion, Model
+from ..rng import GLOBAL_NOISE, Noise
 from ..schedules import Schedule
 from .steps import SampleStep, start_time, time_batch
 
@@ -61,7 +62,7 @@ def _data_integral(h: float, lams: list[float], x0s: list[Tensor], sde: bool,
     return 1.0, phi1 * m0 + phi2 * d1 - phi3 * d2
 
 
-def dpm_solver_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def dpm_solver_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                      clip_denoised: bool = True, t_start: int | None = None, *, order: int = 2,
                      sde: bool = False, third_order: ThirdOrder = "reference") -> Iterator[SampleStep]:
     """DPM-Solver++(``order``M) from paper time T (or ``t_start``) down to 0; ``sde`` for SDE-DPM-Solver++(2M).
@@ -95,25 +96,25 @@ def dpm_solver_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, ge
         weight, d = _data_integral(h, lams[-k:], x0s[-k:], sde, third_order)
         if sde:
             x = (sigma_t / sigma_s * math.exp(-h)) * x + (alpha_t * weight) * d
-            x = x + sigma_t * math.sqrt(-math.expm1(-2 * h)) * randn(tuple(x.shape), generator, x.device)
+            x = x + sigma_t * math.sqrt(-math.expm1(-2 * h)) * noise.randn(tuple(x.shape), x.device)
         else:
             x = (sigma_t / sigma_s) * x + (alpha_t * weight) * d
         yield SampleStep(t, x, pred_x0)
 
 
-def dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                    clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """DPM-Solver++(2M): deterministic, second order (Lu et al. 2022, Algorithm 2)."""
-    return dpm_solver_steps(model, diffusion, x_T, generator, clip_denoised, t_start, order=2)
+    return dpm_solver_steps(model, diffusion, x_T, noise, clip_denoised, t_start, order=2)
 
 
-def dpmpp_3m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def dpmpp_3m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                    clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """DPM-Solver++(3M) in the reference form (as diffusers): its D2 term makes it second order, measured."""
-    return dpm_solver_steps(model, diffusion, x_T, generator, clip_denoised, t_start, order=3)
+    return dpm_solver_steps(model, diffusion, x_T, noise, clip_denoised, t_start, order=3)
 
 
-def sde_dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, generator: Generators = None,
+def sde_dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                        clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """SDE-DPM-Solver++(2M): the reverse SDE in data-prediction form, fresh noise each step."""
-    return dpm_solver_steps(model, diffusion, x_T, generator, clip_denoised, t_start, order=2, sde=True)
+    return dpm_solver_steps(model, diffusion, x_T, noise, clip_denoised, t_start, order=2, sde=True)

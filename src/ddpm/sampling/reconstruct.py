@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..diffusion import GaussianDiffusion, Generators, Model, SharedNoise, q_sample, randn
+from ..diffusion import GaussianDiffusion, Model, q_sample
+from ..rng import GLOBAL_NOISE, Noise, SharedNoise
 from .ancestral import ancestral_steps
 from .steps import run
 
@@ -14,21 +15,21 @@ Tensor = torch.Tensor
 
 
 def reconstruct_from(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int, n: int,
-                     generator: Generators = None, clip_denoised: bool = True) -> tuple[Tensor, Tensor]:
+                     noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True) -> tuple[Tensor, Tensor]:
     """Fig. 7: one x_t ~ q(x_t|x_0) frozen, then ``n`` samples of p_θ(x_0|x_t). Returns (x_t, samples (n, ...))."""
     if x0.shape[0] != 1:
         raise ValueError(f"reconstruct_from takes one image (batch of 1), got a batch of {x0.shape[0]}")
     if not 1 <= t <= diffusion.T:
         raise ValueError(f"t must be in 1..{diffusion.T}, got {t}")
     tt = torch.full((1,), t, device=x0.device, dtype=torch.long)
-    x_t = q_sample(diffusion.schedule, x0, tt, randn(tuple(x0.shape), generator, x0.device))
-    samples = run(ancestral_steps(model, diffusion, x_t.repeat(n, *([1] * (x0.ndim - 1))), generator,
+    x_t = q_sample(diffusion.schedule, x0, tt, noise.randn(tuple(x0.shape), x0.device))
+    samples = run(ancestral_steps(model, diffusion, x_t.repeat(n, *([1] * (x0.ndim - 1))), noise,
                                   clip_denoised, t_start=t))
     return x_t, samples
 
 
 def interpolate(model: Model, diffusion: GaussianDiffusion, x0_a: Tensor, x0_b: Tensor, t: int,
-                lambdas: Sequence[float], generator: Generators = None, clip_denoised: bool = True) -> Tensor:
+                lambdas: Sequence[float], noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True) -> Tensor:
     """Sec. 4.4: encode both images to x_t with shared noise, mix x̄_t = (1 − λ) x_t + λ x'_t, decode each.
 
     Returns (len(lambdas), ...) images; the reverse process shares one noise stream across λ.
@@ -39,9 +40,8 @@ def interpolate(model: Model, diffusion: GaussianDiffusion, x0_a: Tensor, x0_b: 
     if not 1 <= t <= diffusion.T:
         raise ValueError(f"t must be in 1..{diffusion.T}, got {t}")
     tt = torch.full((1,), t, device=x0_a.device, dtype=torch.long)
-    noise = randn(tuple(x0_a.shape), generator, x0_a.device)  # the same ε for both encodings
-    x_t_a, x_t_b = q_sample(diffusion.schedule, x0_a, tt, noise), q_sample(diffusion.schedule, x0_b, tt, noise)
+    eps = noise.randn(tuple(x0_a.shape), x0_a.device)  # the same ε for both encodings
+    x_t_a, x_t_b = q_sample(diffusion.schedule, x0_a, tt, eps), q_sample(diffusion.schedule, x0_b, tt, eps)
     lam = torch.tensor(list(lambdas), device=x0_a.device, dtype=x0_a.dtype).reshape(-1, *([1] * (x0_a.ndim - 1)))
     mixed = (1 - lam) * x_t_a + lam * x_t_b
-    shared = SharedNoise(generator if isinstance(generator, torch.Generator) else None)
-    return run(ancestral_steps(model, diffusion, mixed, shared, clip_denoised, t_start=t))
+    return run(ancestral_steps(model, diffusion, mixed, SharedNoise(noise), clip_denoised, t_start=t))

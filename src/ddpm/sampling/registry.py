@@ -1,6 +1,7 @@
 """The one table of samplers: name → iterator of SampleStep, a one-line description and what it takes.
 
-Every sampler has the signature ``steps(model, diffusion, x_T, generator, clip_denoised, t_start)`` (extra
+Every sampler has the signature ``steps(model, diffusion, x_T, noise, clip_denoised, t_start)`` (``noise`` a
+``ddpm.rng.Noise`` source; extra
 knobs keyword-only, e.g. DDIM's ``eta``); ``sample``, the CLI, the quickstart and the benchmarks read their
 names and help from here.
 """
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError
-from ..diffusion import GaussianDiffusion, Generators, Model, randn
+from ..diffusion import GaussianDiffusion, Model
 from ..nets.precision import in_bfloat16
+from ..rng import GLOBAL_NOISE, Noise
 from ..schedules import Spacing
 from .analytic import analytic_ddim_steps, analytic_ddpm_steps
 from .ancestral import ancestral_steps, ddim_steps
@@ -31,7 +33,7 @@ SamplerName = str  # a key of SAMPLERS
 class SamplerInfo:
     """One registered sampler."""
 
-    steps: SamplerFn          # (model, diffusion, x_T, generator, clip_denoised, t_start) -> SampleSteps
+    steps: SamplerFn          # (model, diffusion, x_T, noise, clip_denoised, t_start) -> SampleSteps
     description: str          # one line, shown by `ddpm sample --help`
     stochastic: bool          # draws fresh noise each step (else x_T fixes the result)
     takes_t_start: bool = True  # can start from a given x_t at paper time t_start
@@ -70,7 +72,7 @@ def sampler_help() -> str:
     return "\n".join(f"  {name:<12} {info.description}" for name, info in SAMPLERS.items())
 
 
-def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], generator: Generators = None,
+def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], noise: Noise = GLOBAL_NOISE,
            sampler: SamplerName = "ancestral", steps: int | None = None, eta: float = 0.0,
            clip_denoised: bool = True, device: torch.device | str = "cpu", progress: bool = False,
            spacing: Spacing = "uniform", bf16: bool = False) -> Tensor:
@@ -86,7 +88,7 @@ def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], gen
     if eta and not info.takes_eta:
         raise ConfigError(f"eta applies to ddim only, not to sampler {sampler!r}; got eta={eta!r}")
     d = diffusion.with_steps(steps, spacing)
-    x_T = randn(tuple(shape), generator, device)
+    x_T = noise.randn(tuple(shape), device)
     extra = {"eta": eta} if info.takes_eta else {}
-    it = info.steps(model, d, x_T, generator, clip_denoised, **extra)
+    it = info.steps(model, d, x_T, noise, clip_denoised, **extra)
     return run(it, progress, d.T, desc=f"{sampler} ({d.T} steps)")

@@ -1,4 +1,4 @@
-"""What every sampler yields (``SampleStep``), how one is drained (``run``), and the per-sample seed rule."""
+"""What every sampler yields (``SampleStep``) and how one is drained (``run``)."""
 
 from __future__ import annotations
 
@@ -46,8 +46,3 @@ def run(steps: Iterator[SampleStep], progress: bool = False, total: int | None =
     if final is None:
         raise ValueError("the sampler produced no step")
     return final.x
-
-
-def sample_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
-    """One generator per sample, seeded by (seed, sample index): results do not depend on batching or sharding."""
-    return [torch.Generator().manual_seed(seed * 1_000_003 + first_index + i) for i in range(count)]

@@ -1,24 +1,21 @@
 """Algorithm 1 as a trainer: the paper's recipe (Adam, warm-up, clipping, EMA, flips), crash-safe checkpoints,
-exact resumption, DDP across processes, and logs (progress bar, CSV, TensorBoard, EMA sample grids).
+exact resumption, DDP across processes, a progress bar, logs (``ddpm.train.logging``) and EMA sample grids.
 
-Determinism: the global batch of step k (its examples, t and ε) is a function of (seed, k) alone, so a
-resumed run repeats an uninterrupted one exactly and N processes see the same global batch as one process.
-Only random flips and dropout are drawn per process.
+Determinism: the global batch of step k (its examples, t and ε) is a function of (seed, k) alone (streams of
+``ddpm.rng``), so a resumed run repeats an uninterrupted one exactly and N processes see the same global batch as
+one process. Only random flips and dropout are drawn per process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,15 +33,25 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, RunConfig, check_resume_config
 from ..data import dataset_for, random_flip
-from ..diffusion import GaussianDiffusion, randn
+from ..diffusion import GaussianDiffusion
 from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import network_for
 from ..outputs import OutputDir, RunLock, check_output_dir, write_text
-from ..processes import DEFAULT_DEVICE, ProcessGroup, barrier, device_for
+from ..processes import (
+    DEFAULT_DEVICE,
+    ProcessGroup,
+    all_ranks_ok,
+    barrier,
+    device_for,
+    joined,
+    local_rank,
+    under_torchrun,
+)
+from ..rng import GlobalNoise, generator, seed_torch
 from ..sampling import sample
-from .distributed import all_ranks_ok, join_training
 from .ema import EMA
+from .logging import TrainingLog, Window
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +84,13 @@ def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """The generator of one step's global randomness (t, ε, the data order), a function of (seed, step)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
-
-
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Indices of the global batch at ``step``: epochs are seeded permutations, the last partial batch dropped."""
     per_epoch = n // batch_size
     if per_epoch < 1:
         raise ConfigError(f"train.batch_size={batch_size} is larger than the dataset ({n} examples)")
     epoch, j = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    perm = torch.randperm(n, generator=generator(seed, "data-order", epoch))
     return perm[j * batch_size:(j + 1) * batch_size]
 
 
@@ -111,15 +113,22 @@ class _StepBatches(torch.utils.data.Sampler[list[int]]):
 # --- the trainer -------------------------------------------------------------------------------
 
 class Trainer:
-    """Trains one run directory; everything that can be wrong is checked before any state changes."""
+    """Trains one run directory; everything that can be wrong is checked before any state changes.
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = DEFAULT_DEVICE,
-                 progress: bool = True, dataset: Dataset | None = None, overwrite: bool = False) -> None:
+    ``group`` is this process's place among torchrun's processes (``train`` joins it with
+    ``ddpm.processes.joined``); without one the trainer is a single process.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False,
+                 device: str | torch.device = DEFAULT_DEVICE, progress: bool = True, dataset: Dataset | None = None,
+                 overwrite: bool = False, group: ProcessGroup | None = None) -> None:
         self.cfg, self.run_dir, self.progress, self.overwrite = cfg, Path(run_dir), progress, overwrite
         tc = cfg.train
-        self.device = device_for(device)
-        self.group = join_training(self.device)
-        self.device = device_for(device, self.group.local_rank)
+        if group is None and under_torchrun():
+            raise ConfigError("a Trainer under torchrun needs its process group: call ddpm.train.train, or pass "
+                              "group= from ddpm.processes.joined")
+        self.group = group if group is not None else ProcessGroup()
+        self.device = device if isinstance(device, torch.device) else device_for(device, self.group.local_rank)
         if tc.batch_size % self.group.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the number of processes "
                               f"({self.group.world_size})")
@@ -134,7 +143,7 @@ class Trainer:
         if self.resume_from is not None:
             check_resume_config(cfg, self.resume_from.config)
 
-        torch.manual_seed(tc.seed)  # the same initial weights in every process
+        seed_torch(tc.seed, "weights")  # the same initial weights in every process
         self.net = network_for(cfg).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         self.ema = EMA(self.net, tc.ema_decay)
@@ -144,7 +153,7 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         else:
-            torch.manual_seed(tc.seed + 1 + self.group.rank)  # dropout streams, distinct per process
+            seed_torch(tc.seed, "dropout", self.group.rank)  # dropout streams, distinct per process
         self.model = self._wrap(self.net)
 
     # setup
@@ -201,7 +210,7 @@ class Trainer:
         if key in ckpt.tensors:
             torch.set_rng_state(ckpt.tensors[key])
         else:
-            torch.manual_seed(self.cfg.train.seed + 1 + self.group.rank + ckpt.step)
+            seed_torch(self.cfg.train.seed, "dropout", self.group.rank, ckpt.step)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         model: nn.Module = net
@@ -237,14 +246,14 @@ class Trainer:
             for path in self.damaged:
                 log.warning("set aside the damaged checkpoint %s as %s", path.name, set_aside_checkpoint(path).name)
             write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
-        logger = _Logger(self.run_dir, self.group.is_main, resume_step=self.step if self.resume_from else None)
+        logger = TrainingLog(self.run_dir, self.group.is_main, resume_step=self.step if self.resume_from else None)
         loader = DataLoader(self.dataset, batch_sampler=_StepBatches(len(self.dataset), tc.batch_size, tc.seed,
                                                                     self.step, tc.total_steps, self.group),
                             num_workers=tc.num_workers,
-                            generator=torch.Generator().manual_seed(tc.seed))  # leaves the global RNG to dropout
+                            generator=generator(tc.seed, "loader"))  # leaves the global RNG to dropout
         bar = tqdm(total=tc.total_steps, initial=self.step, disable=not (self.progress and self.group.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
-        window = _Window()
+        window = Window()
         self.net.train()
         try:
             for x0 in loader:
@@ -255,7 +264,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{window.img_per_s():.1f}", refresh=False)
                 if self.step % tc.log_every == 0 or self.step == tc.total_steps:
                     logger.write(self.step, window.summary(self._lr(self.step - 1)))
-                    window = _Window()
+                    window = Window()
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self._sample_grid()
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.total_steps:
@@ -271,17 +280,17 @@ class Trainer:
 
     def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """t ~ U{1..T} and ε ~ N(0, I) for the whole global batch of this step, then this process's slice."""
-        tc, g = self.cfg.train, step_generator(self.cfg.train.seed, self.step)
+        tc, g = self.cfg.train, generator(self.cfg.train.seed, "training-noise", self.step)
         t = self.diffusion.sample_t(tc.batch_size, g)
-        noise = randn((tc.batch_size, *shape), g)
+        noise = torch.randn((tc.batch_size, *shape), generator=g)
         local = tc.batch_size // self.group.world_size
         sl = slice(self.group.rank * local, (self.group.rank + 1) * local)
         return t[sl].to(self.device), noise[sl].to(self.device)
 
-    def _train_step(self, x0: torch.Tensor, window: _Window) -> float:
+    def _train_step(self, x0: torch.Tensor, window: Window) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
-            x0 = random_flip(x0, step_generator(tc.seed, self.step, stream=1 + self.group.rank))
+            x0 = random_flip(x0, generator(tc.seed, "flip", self.step, self.group.rank))
         t, noise = self._global_noise(tuple(x0.shape[1:]))
         for group in self.opt.param_groups:
             group["lr"] = self._lr(self.step)
@@ -338,7 +347,7 @@ class Trainer:
             return
         net = self.ema_model()
         shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
-        x = sample(net, self.diffusion, shape, torch.Generator().manual_seed(self.cfg.train.seed),
+        x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
                    steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
         save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
@@ -346,101 +355,8 @@ class Trainer:
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = DEFAULT_DEVICE,
           progress: bool = True, dataset: Dataset | None = None, overwrite: bool = False) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (Algorithm 1); see ``Trainer``."""
-    return Trainer(cfg, run_dir, resume=resume, device=device, progress=progress, dataset=dataset,
-                   overwrite=overwrite).run()
-
-
-# --- logging -----------------------------------------------------------------------------------
-
-class _Window:
-    """Statistics since the last log row: mean loss overall and by quartile of t, gradient norm, throughput."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.loss_sum = torch.zeros(4, dtype=torch.float64)
-        self.count = torch.zeros(4, dtype=torch.float64)
-        self.grad_norms: list[float] = []
-        self.images = 0
-
-    def add(self, losses: torch.Tensor, t: torch.Tensor, T: int, grad_norm: float, images: int) -> None:
-        q = ((t - 1) * 4 // T).clamp(0, 3).cpu()
-        self.loss_sum.index_add_(0, q, losses.double().cpu())
-        self.count.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
-        self.grad_norms.append(grad_norm)
-        self.images += images
-
-    def img_per_s(self) -> float:
-        return self.images / max(time.perf_counter() - self.start, 1e-9)
-
-    def summary(self, lr: float) -> dict[str, float]:
-        n = self.count.sum().item()
-        row = {"loss": self.loss_sum.sum().item() / n if n else math.nan}
-        for i in range(4):
-            row[f"loss_t_q{i + 1}"] = (self.loss_sum[i] / self.count[i]).item() if self.count[i] else math.nan
-        row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan
-        row["lr"] = lr
-        row["img_per_s"] = self.img_per_s()
-        return row
-
-
-class _Logger:
-    """CSV (always) and TensorBoard (when installed) logs, written by rank 0 only."""
-
-    FIELDS = ["step", "loss", "loss_t_q1", "loss_t_q2", "loss_t_q3", "loss_t_q4", "grad_norm", "lr", "img_per_s",
-              "wall_s"]
-
-    def __init__(self, run_dir: Path, active: bool, resume_step: int | None) -> None:
-        self.active, self.start = active, time.time()
-        self.file = None
-        self.tb = None
-        if not active:
-            return
-        path = run_dir / "log.csv"
-        if resume_step is not None and path.exists():
-            _truncate_log(path, resume_step, self.FIELDS)  # rows past the checkpoint are logged again
-        else:
-            write_text(path, ",".join(self.FIELDS) + "\r\n")
-        self.file = path.open("a", newline="")
-        self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step: events a killed run logged after its checkpoint are dropped, as log.csv's rows are
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
-                                    purge_step=None if resume_step is None else resume_step + 1)
-        except ImportError:
-            log.info("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
-
-    def write(self, step: int, row: dict[str, float]) -> None:
-        if not self.active or self.file is None:
-            return
-        self.csv.writerow({"step": step, **row, "wall_s": time.time() - self.start})
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in row.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _truncate_log(path: Path, step: int, fields: list[str]) -> None:
-    """Keep the rows of ``log.csv`` up to ``step`` (the checkpoint resumed from), rewritten atomically."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if _row_step(r) <= step]
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def _row_step(row: dict[str, Any]) -> float:
-    try:
-        return int(row.get("step") or "")
-    except ValueError:
-        return math.inf  # a torn last line from a killed run
+    """Train ``cfg`` into ``run_dir`` (Algorithm 1) as one of torchrun's processes, or alone; see ``Trainer``."""
+    dev = device_for(device, local_rank())
+    with joined(dev) as group:
+        return Trainer(cfg, run_dir, resume=resume, device=dev, progress=progress, dataset=dataset,
+                       overwrite=overwrite, group=group).run()

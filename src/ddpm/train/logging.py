@@ -1,0 +1,116 @@
+"""The trainer's logs: statistics of the steps since the last row (``Window``), and ``log.csv`` plus TensorBoard
+(``TrainingLog``), written by rank 0 and cut back to the checkpoint on a resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..outputs import write_text
+
+log = logging.getLogger(__name__)
+
+
+class Window:
+    """Statistics since the last log row: mean loss overall and by quartile of t, gradient norm, throughput."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss_sum = torch.zeros(4, dtype=torch.float64)
+        self.count = torch.zeros(4, dtype=torch.float64)
+        self.grad_norms: list[float] = []
+        self.images = 0
+
+    def add(self, losses: torch.Tensor, t: torch.Tensor, T: int, grad_norm: float, images: int) -> None:
+        """Count one step: its per-example losses at times t (of T), its gradient norm, its global batch size."""
+        q = ((t - 1) * 4 // T).clamp(0, 3).cpu()
+        self.loss_sum.index_add_(0, q, losses.double().cpu())
+        self.count.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
+        self.grad_norms.append(grad_norm)
+        self.images += images
+
+    def img_per_s(self) -> float:
+        """Training images per second since the window opened."""
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def summary(self, lr: float) -> dict[str, float]:
+        """The log row of the window (NaN where no step fell)."""
+        n = self.count.sum().item()
+        row = {"loss": self.loss_sum.sum().item() / n if n else math.nan}
+        for i in range(4):
+            row[f"loss_t_q{i + 1}"] = (self.loss_sum[i] / self.count[i]).item() if self.count[i] else math.nan
+        row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan
+        row["lr"] = lr
+        row["img_per_s"] = self.img_per_s()
+        return row
+
+
+class TrainingLog:
+    """CSV (always) and TensorBoard (when installed) logs, written by rank 0 only."""
+
+    FIELDS = ["step", "loss", "loss_t_q1", "loss_t_q2", "loss_t_q3", "loss_t_q4", "grad_norm", "lr", "img_per_s",
+              "wall_s"]
+
+    def __init__(self, run_dir: Path, active: bool, resume_step: int | None) -> None:
+        self.active, self.start = active, time.time()
+        self.file = None
+        self.tb = None
+        if not active:
+            return
+        path = run_dir / "log.csv"
+        if resume_step is not None and path.exists():
+            _truncate_log(path, resume_step, self.FIELDS)  # rows past the checkpoint are logged again
+        else:
+            write_text(path, ",".join(self.FIELDS) + "\r\n")
+        self.file = path.open("a", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: events a killed run logged after its checkpoint are dropped, as log.csv's rows are
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
+        except ImportError:
+            log.info("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
+
+    def write(self, step: int, row: dict[str, float]) -> None:
+        """Append the row of ``step`` to log.csv (flushed) and to TensorBoard."""
+        if not self.active or self.file is None:
+            return
+        self.csv.writerow({"step": step, **row, "wall_s": time.time() - self.start})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        """Close the files."""
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate_log(path: Path, step: int, fields: list[str]) -> None:
+    """Keep the rows of ``log.csv`` up to ``step`` (the checkpoint resumed from), rewritten atomically."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if _row_step(r) <= step]
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _row_step(row: dict[str, Any]) -> float:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return math.inf  # a torn last line from a killed run
