@@ -22,6 +22,7 @@ from ddpm.evaluation.common import CommonOptions
 from ddpm.evaluation.interpolation import InterpolateOptions
 from ddpm.evaluation.nll import NLLOptions
 from ddpm.evaluation.progressive import ProgressiveOptions
+from ddpm.evaluation.quality import FidOptions
 from ddpm.evaluation.rate_distortion import RateDistortionOptions
 from ddpm.evaluation.samples import SampleOptions
 from ddpm.processes import DEFAULT_DEVICE
@@ -54,6 +55,9 @@ DEFAULTS = [
     (["analytic-variance", "--checkpoint", "c"], [AnalyticVarianceOptions(checkpoint="c")]),
     (["quickstart"], [QuickstartOptions()]),
     (["compress", "in.png", *EVAL], [CodecOptions()]),
+    (["fid", "--samples", "s.npz"], [FidOptions(samples="s.npz")]),
+    (["fid", "--samples", "s.npz", "--no-digits"], [FidOptions(samples="s.npz", digits=False)]),
+    (["fid", "--samples", "s.npz", "--digits"], [FidOptions(samples="s.npz", digits=True)]),
 ]
 
 
@@ -67,7 +71,7 @@ def test_parser_defaults_are_the_dataclass_defaults(argv, expected):
 @pytest.mark.parametrize("register", [evaluate.register_nll, evaluate.register_rate_distortion,
                                       evaluate.register_sample, evaluate.register_progressive,
                                       evaluate.register_interpolate, evaluate.register_analytic_variance,
-                                      quickstart_cli.register])
+                                      evaluate.register_fid, quickstart_cli.register])
 def test_no_default_is_written_in_the_command_line_code(register):
     source = inspect.getsource(register).replace('default="quickstart"', "")  # quickstart's --out: not a field
     assert "default=" not in source
@@ -94,13 +98,12 @@ def _positional_option_calls(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
             name = node.func.id
-            if (name.endswith("Options") or name in ("SamplerSpec", "DataChoice")) and name != "FidOptions":
+            if name.endswith("Options") or name in ("SamplerSpec", "DataChoice"):
                 calls.append(f"{path.name}:{node.lineno} {name}")
     return calls
 
 
 def test_options_are_built_by_name():
-    # FidOptions is left to the change that gives `ddpm fid` its own module
     assert [c for p in sorted(CLI.glob("*.py")) for c in _positional_option_calls(p)] == []
 
 
@@ -118,11 +121,10 @@ def test_built_by_name_whatever_the_field_order():
 def test_one_device_default_for_every_command():
     with_device = {name: next(a for a in p._actions if a.dest == "device").default
                    for name, p in subparsers().items() if any(a.dest == "device" for a in p._actions)}
-    with_device.pop("fid")  # FidOptions (device "cpu", no "auto") is converted once `ddpm fid` has its own module
-    assert set(with_device) == {"train", "quickstart", "nll", "rate-distortion", "sample", "progressive",
+    assert set(with_device) == {"train", "quickstart", "fid", "nll", "rate-distortion", "sample", "progressive",
                                 "interpolate", "analytic-variance"}
     assert set(with_device.values()) == {DEFAULT_DEVICE}
-    for cls in (CommonOptions, AnalyticVarianceOptions, QuickstartOptions):
+    for cls in (CommonOptions, AnalyticVarianceOptions, QuickstartOptions, FidOptions):
         assert {f.name: f.default for f in dataclasses.fields(cls)}["device"] == DEFAULT_DEVICE
     for fn in (train, Trainer):
         assert inspect.signature(fn).parameters["device"].default == DEFAULT_DEVICE

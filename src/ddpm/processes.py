@@ -98,15 +98,14 @@ def joined(device: torch.device, timeout_s: float | None = None) -> Iterator[Pro
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda)(:(0|[1-9][0-9]{0,3}))?")
 
 
-def check_device(requested: object, allow_auto: bool = True) -> str:
-    """``requested`` when it names a device this project runs on: cpu, cuda, cuda:N, mps (and auto); else ConfigError.
+def check_device(requested: object) -> str:
+    """``requested`` when it names a device this project runs on: auto, cpu, cuda, cuda:N, mps; else ConfigError.
 
     Only the spelling is checked (no CUDA is needed to check an option); ``device_for`` checks that it exists.
     """
     m = _DEVICE.fullmatch(requested) if isinstance(requested, str) else None
-    if m is None or (m.group(1) != "cuda" and m.group(2)) or (m.group(1) == "auto" and not allow_auto):
-        expected = "auto, cpu, cuda, cuda:N or mps" if allow_auto else "cpu, cuda, cuda:N or mps"
-        raise ConfigError(f"--device {shown(requested)} is not a device: expected {expected}")
+    if m is None or (m.group(1) != "cuda" and m.group(2)):
+        raise ConfigError(f"--device {shown(requested)} is not a device: expected auto, cpu, cuda, cuda:N or mps")
     return requested  # type: ignore[return-value]
 
 

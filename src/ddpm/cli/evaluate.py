@@ -250,29 +250,35 @@ def run_interpolate_cmd(args: argparse.Namespace) -> int:
 
 # --- fid -----------------------------------------------------------------------------------------
 
+FID_HELP = {
+    "samples": ".npz of uint8 samples (key 'images'), e.g. from ddpm sample",
+    "checkpoint": "the model; its data section names the reference dataset",
+    "out": "output folder",
+    "reference_stats": Flag("precomputed reference statistics (.npz with mu, sigma)", names=("--ref-stats",)),
+    "save_stats": "save the reference statistics computed from the dataset here",
+    "inception_weights": "local torch-fidelity Inception weights file (no download)",
+    "digits": "digits metric instead of FID (default: when the checkpoint's dataset is digits)",
+    "is_splits": "Inception Score splits",
+    "seed": "seeds the Inception Score's split permutation and the digits metric",
+    "batch_size": "images per feature-extractor call",
+    "device": DEVICE_HELP,
+    "limit": "use the first N samples",
+    "overwrite": "write into an --out (or over a --save-stats file) that holds other files",
+    **DATA_HELP,
+}
+
+
 def register_fid(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.quality import FidOptions
+
     p = sub.add_parser("fid", help="FID/IS of an .npz of samples, or the digits metric for digits models",
                        description="FID (and Inception Score) of --samples against the checkpoint's dataset "
                                    "(--split, default train) or a statistics file (--ref-stats), through "
-                                   "torchmetrics + torch-fidelity's Inception. For digits models (or --digits): "
-                                   "the offline digits Fréchet distance and classifier score beside the "
-                                   "real-vs-real baseline. Runs on one process (rank 0 under torchrun).",
+                                   "torchmetrics' Inception features and our own float64 moments. For digits "
+                                   "models (or --digits): the offline digits Fréchet distance and classifier score "
+                                   "beside the real-vs-real baseline. Runs on one process (rank 0 under torchrun).",
                        epilog="Writes fid.json or digits_quality.json, samples_preview.png, args.json, config.json.")
-    p.add_argument("--samples", required=True, help=".npz of uint8 samples (key 'images'), e.g. from ddpm sample")
-    p.add_argument("--checkpoint", help="the model; its data section names the reference dataset")
-    p.add_argument("--out", default="fid", help="output folder (default: ./fid)")
-    p.add_argument("--ref-stats", help="precomputed reference statistics (.npz with mu, sigma)")
-    p.add_argument("--save-stats", help="save the reference statistics computed from the dataset here")
-    p.add_argument("--inception-weights", help="local torch-fidelity Inception weights file (no download)")
-    p.add_argument("--digits", action=argparse.BooleanOptionalAction, default=None,
-                   help="digits metric instead of FID (default: when the checkpoint's dataset is digits)")
-    p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    p.add_argument("--limit", type=int, help="use the first N samples")
-    add_overwrite(p)
-    add_data(p, split="train")
+    add_options(p, FidOptions, FID_HELP)
     p.set_defaults(func=run_fid_cmd)
 
 
@@ -280,9 +286,7 @@ def run_fid_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.fid import FidDependencyError
     from ..evaluation.quality import FidOptions, run_fid
 
-    options = FidOptions(args.samples, args.out, args.checkpoint, args.ref_stats, data_choice(args),
-                         args.inception_weights, args.digits, args.save_stats, args.is_splits, args.seed,
-                         args.batch_size, args.device, args.limit, overwrite=args.overwrite)
+    options = build(FidOptions, args)
     try:
         r = run_fid(options)
     except FidDependencyError as e:

@@ -3,7 +3,8 @@
 ``add_options(parser, NLLOptions, HELP)`` adds one option per field that ``HELP`` describes, taking from the field
 its default (an option without one is required), its type (``int``; ``float`` as ``finite_float``;
 ``tuple[int, ...]`` as ``int_list``), its choices (a ``Literal[...]`` annotation) and, for a bool, its action
-(``--x`` sets a field that defaults to False, ``--no-x`` clears one that defaults to True). A field that is itself
+(``--x`` sets a field that defaults to False, ``--no-x`` clears one that defaults to True; a ``bool | None``
+that defaults to None takes either). A field that is itself
 an options dataclass (``data: DataChoice = DataChoice("train")``) adds its own fields, with the defaults of that
 default. ``build(NLLOptions, args)`` then makes the options by name from the parsed namespace; the values are
 checked there, by the dataclass, in the same words for Python callers and the command line.
@@ -118,7 +119,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, helps: Help, default
             kwargs["required"] = True
         else:
             kwargs["default"] = default
-        if _plain(hints[f.name]) is bool:
+        if _plain(hints[f.name]) is bool and default is None:  # three ways: --x, --no-x, or neither (decided later)
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif _plain(hints[f.name]) is bool:
             kwargs["action"] = "store_false" if default is True else "store_true"
         else:
             kwargs.update({"type": flag.type} if flag.type else _kind(hints[f.name]))

@@ -16,7 +16,7 @@ from ..config import ConfigError, RunConfig, check_int, check_seed, shown
 from ..data.levels import from_levels
 from ..images import save_image_grid
 from ..outputs import OutputDir, check_output_dir, check_output_file
-from ..processes import check_device, device_for, local_rank
+from ..processes import DEFAULT_DEVICE, check_device, device_for, local_rank
 from .common import DataChoice, load_split, write_info_files, write_json
 from .digits_metric import DigitsQuality, evaluate_digits
 from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
@@ -53,7 +53,7 @@ class FidOptions:
     is_splits: int = 10                       # Inception Score splits
     seed: int = 0
     batch_size: int = 50
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
     limit: int | None = None                  # use the first N samples
     feature_extractor: Any = None             # an nn.Module (uint8 NCHW → features) instead of Inception
     overwrite: bool = False                   # write into an --out (or --save-stats) that holds other files
@@ -62,7 +62,7 @@ class FidOptions:
         check_int("--is-splits", self.is_splits, 1)
         check_seed("--seed", self.seed)
         check_int("--batch-size", self.batch_size, 1)
-        check_device(self.device, allow_auto=False)  # handed to torch as it is
+        check_device(self.device)
         if self.limit is not None:  # images[:limit]: a negative limit would silently drop samples from the end
             check_int("--limit", self.limit, 1)
         if self.digits is not None and not isinstance(self.digits, bool):
@@ -81,7 +81,8 @@ class FidReport:
 
 def run_fid(options: FidOptions) -> FidReport | None:
     """``ddpm fid``: FID (+ IS) against a dataset or statistics file, or the digits metric; rank 0 only."""
-    with evaluation_processes(device_for(options.device, local_rank())) as group:
+    device = device_for(options.device, local_rank())
+    with evaluation_processes(device) as group:
         if not group.is_main:
             return None  # the moments and logits accumulate in one process: it does all of it
         cfg = _checkpoint_config(options.checkpoint)
@@ -92,7 +93,7 @@ def run_fid(options: FidOptions) -> FidReport | None:
         check_output_dir(options.out, "fid", options.overwrite)
         images = load_npz_images(options.samples)[:options.limit]
         with OutputDir(options.out, "fid", overwrite=options.overwrite) as out:
-            report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg)
+            report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg, device)
             save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
             write_info_files(out, "fid", options, cfg.to_dict() if cfg is not None else None,
                              world_size=group.world_size)
@@ -111,7 +112,8 @@ def _digits_report(out: Path, images: np.ndarray, options: FidOptions) -> FidRep
     return FidReport("digits", digits=q, json=str(write_json(out / "digits_quality.json", q.as_dict())))
 
 
-def _fid_report(out: Path, images: np.ndarray, options: FidOptions, cfg: RunConfig | None) -> FidReport:
+def _fid_report(out: Path, images: np.ndarray, options: FidOptions, cfg: RunConfig | None,
+                device: torch.device) -> FidReport:
     """FID/IS of uint8 NCHW samples against the statistics file or the configured dataset."""
     reference: Any
     if options.reference_stats is not None:
@@ -120,12 +122,12 @@ def _fid_report(out: Path, images: np.ndarray, options: FidOptions, cfg: RunConf
         reference = load_split(cfg, options.data)
         if options.save_stats:
             stats = compute_statistics(reference, options.feature_extractor, options.inception_weights,
-                                       batch_size=options.batch_size, device=options.device)
+                                       batch_size=options.batch_size, device=device)
             save_statistics(options.save_stats, stats.mu, stats.sigma, stats.n)
             reference = options.save_stats
     else:
         raise ValueError("ddpm fid needs --ref-stats FILE or --checkpoint (whose dataset is the reference)")
     r = compute_fid_is(images, reference, options.feature_extractor, options.inception_weights,
                        batch_size=options.batch_size, is_splits=options.is_splits, seed=options.seed,
-                       device=options.device)
+                       device=device)
     return FidReport("fid", fid=r, json=str(write_json(out / "fid.json", r.as_dict())))
