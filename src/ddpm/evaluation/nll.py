@@ -21,6 +21,7 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..rng import Noise, per_item
+from ..sampling.analytic import VarianceChoice
 from .common import (
     CommonOptions,
     DataChoice,
@@ -41,7 +42,6 @@ from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
 DecoderChoice = Literal["auto", "discretized", "continuous"]
-VarianceChoice = Literal["model", "analytic"]
 ImageSource = Sequence[Tensor] | torch.utils.data.Dataset
 
 
