@@ -131,7 +131,8 @@ def markdown(rows: list[dict], base: dict[str, float], n: int, levels: int) -> s
              "| header+CRC | exact | compress | decompress |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['steps']} steps | {r['variance']} | 2^{r['grid_log2']} | {r['bound']:.4f} ± {r['bound_stderr']:.4f} | "
+        lines.append(f"| {r['steps']} steps | {r['variance']} | 2^{r['grid_log2']} | "
+                     f"{r['bound']:.4f} ± {r['bound_stderr']:.4f} | "
                      f"{r['file']:.4f} | {100 * r['vs_bound']:+.2f}% | {r['initial']:.4f} | {r['header']:.4f} | "
                      f"{'yes' if r['exact'] else 'NO'} | {r['compress_img_s']:.2f} img/s | "
                      f"{r['decompress_img_s']:.2f} img/s |")
