@@ -1,6 +1,6 @@
 """Compression with a trained digits model (Algorithms 3-4): real files against the model's own bound.
 
-    python benchmarks/compression_digits.py --checkpoint runs/digits --out runs/compression
+    python benchmarks/compression_digits.py --checkpoint runs/digits --out runs/compression [--analytic 100]
 
 For each chain (all T = 1000 steps, and respaced to 100 by default) and latent grid: compress the digits
 test split into one file, decompress it, check every pixel, and report the file's bits/dim beside the
@@ -31,16 +31,20 @@ from ddpm.compression import CodecOptions, compress, decompress
 from ddpm.compression.files import write_images
 from ddpm.data.digits import digits_dataset
 from ddpm.data.levels import from_levels, requantize, to_levels
+from ddpm.evaluation.analytic_variance import read_estimate
 from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
+from ddpm.sampling.analytic import AnalyticDiffusion
 
 
-def bound(model, images: np.ndarray, steps: int) -> tuple[float, float]:
-    """Mean ± standard error of the full bound (bits/dim) on the chain of ``steps`` steps, as ``ddpm nll``."""
+def bound(model, images: np.ndarray, steps: int, gamma: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean ± standard error of the full bound (bits/dim) on the chain of ``steps`` steps, as ``ddpm nll``
+    (``--variance analytic`` with ``gamma``)."""
     levels = model.diffusion.levels
     x0 = [from_levels(k, levels) for k in images]
-    totals = bound_totals(model, model.diffusion.with_steps(steps), x0, range(len(x0)), seed=0, batch_size=16,
+    base = model.diffusion if gamma is None else AnalyticDiffusion(model.diffusion, gamma)
+    totals = bound_totals(model, base.with_steps(steps), x0, range(len(x0)), seed=0, batch_size=16,
                           t_per_batch=10, clip_denoised=True, decoder="discretized")
     return mean_and_stderr(totals.total_bpd)
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sweep-grids", default="-1,0,1", help="grid exponents tried on the last (short) chain")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit", type=int, help="first N test images only")
+    ap.add_argument("--analytic", default="", help="chain lengths also coded with Analytic-DPM's variance "
+                    "(comma-separated; needs the Γ estimate of ddpm analytic-variance beside the checkpoint)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,15 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     n = min(len(ds), args.limit or len(ds))
     images = np.stack([to_levels(ds[i], levels).numpy() for i in range(n)])
     steps_list = [int(s) for s in args.steps.split(",")]
+    chains = [(steps, "model") for steps in steps_list] + \
+        [(int(s), "analytic") for s in args.analytic.split(",") if s]
+    gamma = read_estimate(args.checkpoint, model)[0] if args.analytic else None
     rows = []
-    for k, steps in enumerate(steps_list):
-        nll, stderr = bound(model, images, steps)
+    for k, (steps, variance) in enumerate(chains):
+        g_var = gamma if variance == "analytic" else None
+        nll, stderr = bound(model, images, steps, g_var)
         grids = args.sweep_grids if k == len(steps_list) - 1 else args.grids
         for g in (int(x) for x in grids.split(",")):
-            c = compress(model, images, CodecOptions(steps=steps, batch_size=args.batch_size, grid_log2=g))
-            d = decompress(model, c.data)
+            c = compress(model, images, CodecOptions(steps=steps, batch_size=args.batch_size, grid_log2=g,
+                                                     variance=variance), gamma=g_var)
+            d = decompress(model, c.data, gamma=g_var)
             exact = bool(np.array_equal(d.images, images))
-            row = dict(steps=steps, grid_log2=g, bound=nll, bound_stderr=stderr, file=c.bits_per_dim,
+            row = dict(steps=steps, variance=variance, grid_log2=g, bound=nll, bound_stderr=stderr, file=c.bits_per_dim,
                        payload=c.payload_bits_per_dim, initial=c.initial_bits_per_dim,
                        header=8 * (len(c.data) - 4 * c.header.payload_words) / images.size,
                        vs_bound=c.bits_per_dim / nll - 1, bytes=len(c.data), exact=exact,
@@ -116,11 +127,12 @@ def markdown(rows: list[dict], base: dict[str, float], n: int, levels: int) -> s
     when = f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, " \
            f"{torch.get_num_threads()} torch thread(s)"
     lines = [f"Digits test split: {n} images of 8×8 at {levels} levels ({n * 64} values); {when}.", "",
-             "| chain | grid δ/σ | bound (`ddpm nll`) | file | file vs bound | of which start-up | header+CRC "
-             "| exact | compress | decompress |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| chain | variance | grid δ/σ | bound (`ddpm nll`) | file | file vs bound | of which start-up "
+             "| header+CRC | exact | compress | decompress |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['steps']} steps | 2^{r['grid_log2']} | {r['bound']:.4f} ± {r['bound_stderr']:.4f} | "
+        lines.append(f"| {r['steps']} steps | {r['variance']} | 2^{r['grid_log2']} | "
+                     f"{r['bound']:.4f} ± {r['bound_stderr']:.4f} | "
                      f"{r['file']:.4f} | {100 * r['vs_bound']:+.2f}% | {r['initial']:.4f} | {r['header']:.4f} | "
                      f"{'yes' if r['exact'] else 'NO'} | {r['compress_img_s']:.2f} img/s | "
                      f"{r['decompress_img_s']:.2f} img/s |")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,12 +14,16 @@ from ddpm.compression import CodecOptions, CompressionError, compress, decompres
 from ddpm.compression import codec as codec_module
 from ddpm.compression.chain import ChainCode, decode_chain, encode_chain, latent_grid
 from ddpm.compression.codec import batch_plan
+from ddpm.compression.container import NO_GAMMA, unpack
 from ddpm.compression.files import read_images, write_images
 from ddpm.compression.stack import Stack
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.loading import load_model
 from ddpm.rng import GlobalNoise
+from ddpm.sampling.analytic import AnalyticDiffusion, estimate_gamma
 from ddpm.schedules import Schedule, linear_betas, spaced_steps
+
+OLD = Path(__file__).parent / "data" / "checkpoint_v0_1"  # a checkpoint and a compressed file of ddpm 0.1
 
 LEVELS = 17
 
@@ -119,6 +125,31 @@ def test_codelength_matches_the_variational_bound(T, steps):
     assert stack.coder.num_valid_bits() == start_bits
 
 
+@pytest.mark.parametrize("T,steps", [(30, None), (60, 12)])
+def test_codelength_with_analytic_variance_matches_its_bound(T, steps):
+    """Analytic-DPM's σ*² (Bao et al.) from a Γ estimate: the file's length is the bound of that chain."""
+    base = GaussianDiffusion(Schedule.from_betas(linear_betas(T, 1e-4, 0.3)), levels=LEVELS)
+    atoms, k0 = tiny_data(240)
+    model = ExactDenoiser(atoms, base.schedule)
+    x0 = torch.from_numpy(2.0 * k0 / (LEVELS - 1) - 1).float()
+    gamma, _ = estimate_gamma(model, base, [x0], GlobalNoise(torch.Generator().manual_seed(1)))
+    diffusion = AnalyticDiffusion(base, gamma)
+    if steps is not None:
+        diffusion = diffusion.respaced(spaced_steps(T, steps))
+    code = ChainCode(diffusion, latent_grid(diffusion.schedule, 1.0), 8.0, clip_denoised=False)
+    stack = Stack(np.random.default_rng(3).integers(1, 2**32, 4000, dtype=np.uint32))
+    start_bits = stack.coder.num_valid_bits()
+    for i in range(0, len(k0), 60):
+        encode_chain(stack, model, code, k0[i:i + 60])
+    net_bits = stack.coder.num_valid_bits() - start_bits
+    bound = diffusion.bound(model, x0, GlobalNoise(torch.Generator().manual_seed(0)), clip_denoised=False)
+    bound_bits = bound.total_bpd.double().sum().item() * 4
+    stderr_bits = bound.total_bpd.double().std().item() * 4 * np.sqrt(len(k0))
+    assert abs(net_bits - bound_bits) < 0.03 * bound_bits + 4 * stderr_bits, (net_bits, bound_bits, stderr_bits)
+    decoded = [decode_chain(stack, model, code, (60, 1, 2, 2)) for _ in range(0, len(k0), 60)][::-1]
+    assert np.array_equal(np.concatenate(decoded), k0)
+
+
 def test_a_wrong_model_costs_far_more_and_escapes_cap_what_it_cannot_predict():
     """The measurement can fail: x̂₀ of the wrong sign costs many times the right model's length, yet less
     than its own bound, because values beyond the ±8σ window are escaped at a fixed cost (and still exact)."""
@@ -181,6 +212,40 @@ def test_compress_then_decompress_is_exact(tmp_path, steps, var_type):
         codec_module.PREVIEW_IMAGES = 100
     assert all(few[t].shape == (4, 1, 8, 8) and np.array_equal(few[t], d.previews[t][:4]) for t in d.previews)
     assert c.initial_bits_per_dim < c.payload_bits_per_dim
+
+
+def test_a_file_coded_with_analytic_variance_records_it_and_needs_the_same_estimate(ckpt):
+    model = load_model(ckpt)
+    images = digits(5)
+    gamma = torch.linspace(0.2, 1.0, model.diffusion.T, dtype=torch.float64)  # any Γ: both sides use the same
+    with pytest.raises(CompressionError, match="needs the model's Γ estimate"):
+        compress(model, images, CodecOptions(steps=6, variance="analytic"))
+    c = compress(model, images, CodecOptions(steps=6, batch_size=2, variance="analytic"), gamma=gamma)
+    assert c.header.variance == 1 and c.header.gamma_hash != NO_GAMMA
+    assert unpack(c.data)[0] == c.header
+    assert np.array_equal(decompress(model, c.data, gamma=gamma).images, images)
+    with pytest.raises(CompressionError, match="coded with Analytic-DPM's variance: it needs"):
+        decompress(model, c.data)
+    with pytest.raises(CompressionError, match="another Γ estimate"):
+        decompress(model, c.data, gamma=gamma * 1.01)
+    plain = compress(model, images, CodecOptions(steps=6, batch_size=2))
+    assert plain.header.variance == 0 and plain.header.gamma_hash == NO_GAMMA
+    assert plain.data != c.data
+    with pytest.raises(CompressionError, match="--variance must be one of model, analytic"):
+        CodecOptions(variance="learned")  # type: ignore[arg-type]
+
+
+def test_a_file_written_by_ddpm_0_1_still_decodes(tmp_path):
+    """Format version 1 (no variance fields), the 0.1 checkpoint's model hash (learn_sigma on the model)."""
+    data = (OLD / "images_v1.ddpz").read_bytes()
+    assert data[4] == 1  # the format version byte
+    ckpt = tmp_path / "old"
+    ckpt.mkdir()
+    for name in ("meta.json", "model.safetensors"):
+        (ckpt / name).write_bytes((OLD / name).read_bytes())
+    decoded = decompress(load_model(ckpt), data)
+    expected = np.random.default_rng(0).integers(0, 17, (3, 1, 4, 4))  # how the 0.1 file's images were made
+    assert decoded.header.variance == 0 and np.array_equal(decoded.images, expected)
 
 
 def test_model_identity_and_damage_are_refused(ckpt, other_ckpt):
@@ -261,3 +326,22 @@ def test_the_commands_round_trip_files_byte_for_byte(ckpt, tmp_path, capsys):
     assert main(["compress", str(tmp_path / "missing"), "--checkpoint", str(ckpt), "--out",
                  str(tmp_path / "y.ddpz")]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "y.ddpz").exists()
+
+
+def test_the_commands_code_with_the_stored_analytic_estimate(tmp_path, capsys):
+    from ddpm.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "tiny", T=20)  # its own: the estimate is stored beside it
+    paths = write_images(tmp_path / "in", digits(4), LEVELS)
+    args = ["compress", str(tmp_path / "in"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "a.ddpz"),
+            "--steps", "5", "--variance", "analytic", "--no-progress"]
+    assert main(args) == 2
+    assert "ddpm analytic-variance" in capsys.readouterr().err  # no estimate yet: it says how to make one
+    assert main(["analytic-variance", "--checkpoint", str(ckpt), "--n-images", "8", "--device", "cpu"]) == 0
+    assert main(args) == 0
+    assert "analytic variance" in capsys.readouterr().out
+    assert unpack((tmp_path / "a.ddpz").read_bytes())[0].variance == 1
+    assert main(["decompress", str(tmp_path / "a.ddpz"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    for p in paths:
+        assert (tmp_path / "out" / p.name).read_bytes() == p.read_bytes()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from ..compression import CodecOptions
 from ..loading import Weights
 from ..outputs import OutputDir, check_output_dir, check_output_file, write_bytes
 from .options import Flag, add_options, build
 from .types import non_negative_int
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..loading import LoadedModel
 
 _EPILOG = ("The file records the model's hash, the image shape, count and levels, and the chain it was coded "
            "with; decompress with the same checkpoint and --weights, on the same kind of machine (network "
@@ -26,6 +31,9 @@ CODEC_HELP = {
     "grid_log2": "latent grid δ_t = 2^N × the narrowest std coding x_t",
     "window": "coding windows of ± N standard deviations",
     "clip_denoised": Flag("do not clip x̂₀ to [-1, 1] inside p_θ", names=("--no-clip",)),
+    "variance": "reverse variance: the model's, or Analytic-DPM's σ*² from the Γ estimate stored beside the "
+                "checkpoint by ddpm analytic-variance (a shorter file on a short chain: the bound of ddpm nll "
+                "--steps K --variance analytic); the file records the choice and the estimate's hash",
 }
 
 
@@ -70,19 +78,28 @@ def run_compress(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.weights)
     c, size, _ = image_shape(model)
     images = read_images(paths, c, size, model.diffusion.levels)
-    result = compress(model, images, options, progress=not args.no_progress)
+    gamma = _stored_gamma(args.checkpoint, model) if options.variance == "analytic" else None
+    result = compress(model, images, options, progress=not args.no_progress, gamma=gamma)
     write_bytes(out, result.data)
     raw = sum(p.stat().st_size for p in paths)
     print(f"compressed {len(paths)} images ({c}×{size}×{size}, {model.diffusion.levels} levels, "
-          f"{result.header.steps}-step chain) into {len(result.data)} bytes: {result.bits_per_dim:.4f} bits/dim "
-          f"(inputs: {raw} bytes) in {result.seconds:.1f} s -> {out}")
+          f"{result.header.steps}-step chain, {options.variance} variance) into {len(result.data)} bytes: "
+          f"{result.bits_per_dim:.4f} bits/dim (inputs: {raw} bytes) in {result.seconds:.1f} s -> {out}")
     return 0
+
+
+def _stored_gamma(checkpoint: str, model: LoadedModel) -> Tensor:
+    """The Γ estimate stored beside the checkpoint for exactly this model (ddpm analytic-variance writes it)."""
+    from ..evaluation.analytic_variance import read_estimate
+
+    return read_estimate(checkpoint, model)[0]
 
 
 def run_decompress(args: argparse.Namespace) -> int:
     import torch
 
     from ..compression import decompress
+    from ..compression.container import VARIANCES, unpack
     from ..compression.files import write_images
     from ..images import save_image_grid, to_display_uint8
     from ..loading import load_model
@@ -91,7 +108,9 @@ def run_decompress(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "decompress", args.overwrite)
     data = path.read_bytes()
     model = load_model(args.checkpoint, args.weights)
-    result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path))
+    header, _ = unpack(data, str(path))  # which variance the file was coded with
+    gamma = _stored_gamma(args.checkpoint, model) if VARIANCES[header.variance] == "analytic" else None
+    result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path), gamma=gamma)
     with OutputDir(args.out, "decompress", overwrite=args.overwrite) as out:
         write_images(out, result.images, result.header.levels)
         for t, x0 in result.previews.items():  # the first PREVIEW_IMAGES

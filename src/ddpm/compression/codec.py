@@ -26,9 +26,21 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, check_int
 from ..loading import LoadedModel
+from ..sampling.analytic import AnalyticDiffusion, VarianceChoice
 from ..schedules import spaced_steps
 from .chain import ChainCode, decode_chain, encode_chain, latent_grid
-from .container import BITS_PER_IMAGE, GRID_LOG2_RANGE, MAX_BATCH, MAX_THREADS, WINDOW_RANGE, Header, pack, unpack
+from .container import (
+    BITS_PER_IMAGE,
+    GRID_LOG2_RANGE,
+    MAX_BATCH,
+    MAX_THREADS,
+    NO_GAMMA,
+    VARIANCES,
+    WINDOW_RANGE,
+    Header,
+    pack,
+    unpack,
+)
 from .errors import CompressionError
 from .stack import Stack
 
@@ -49,6 +61,7 @@ class CodecOptions:
     grid_log2: int = 0           # latent grid δ_t = 2^grid_log2 × the narrowest std coding x_t
     window: int = 8              # coding windows of ± window standard deviations
     clip_denoised: bool = True   # clip x̂₀ inside p_θ, as ``ddpm nll`` does
+    variance: VarianceChoice = "model"  # "analytic": Analytic-DPM's σ*² from a Γ estimate (``gamma``)
 
     def __post_init__(self) -> None:
         # named as `ddpm compress` spells them (and as fields, where they differ); the ranges are what the
@@ -64,6 +77,8 @@ class CodecOptions:
             raise CompressionError(str(e)) from None
         if not isinstance(self.clip_denoised, bool):
             raise CompressionError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
+        if self.variance not in VARIANCES:
+            raise CompressionError(f"--variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
 
 
 @dataclass(frozen=True)
@@ -125,10 +140,19 @@ def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     return model.sample_shape  # type: ignore[return-value]
 
 
-def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool) -> ChainCode:
-    """The chain both sides code with: the model's T steps, or ``steps`` of them evenly respaced."""
+def gamma_hash(gamma: torch.Tensor) -> bytes:
+    """16 bytes identifying a Γ estimate (its float64 values), recorded in a file coded with it."""
+    values = gamma.detach().to("cpu", torch.float64).contiguous()
+    return hashlib.sha256(values.numpy().tobytes()).digest()[:16]
+
+
+def chain_code(model: LoadedModel, steps: int, grid_log2: int, window: int, clip_denoised: bool,
+               gamma: torch.Tensor | None = None) -> ChainCode:
+    """The chain both sides code with: the model's T steps, or ``steps`` of them evenly respaced; with ``gamma``
+    the reverse variance is Analytic-DPM's σ*² on that chain (the bound of ``ddpm nll --variance analytic``)."""
     # window and grid_log2 were checked by CodecOptions (sender) or container.check_header (receiver)
-    diffusion = model.diffusion.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
+    base = model.diffusion if gamma is None else AnalyticDiffusion(model.diffusion, gamma)
+    diffusion = base.with_steps(steps)  # the one respacing rule (GaussianDiffusion.with_steps)
     return ChainCode(diffusion, latent_grid(diffusion.schedule, 2.0**grid_log2), float(window), clip_denoised)
 
 
@@ -179,15 +203,21 @@ def check_images(images: np.ndarray, shape: tuple[int, int, int], levels: int) -
 
 @torch.inference_mode()
 def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = CodecOptions(),
-             progress: bool = False) -> Compressed:
-    """Code ``images`` (integer levels, (N, C, H, W)) into a self-describing file's bytes."""
+             progress: bool = False, gamma: torch.Tensor | None = None) -> Compressed:
+    """Code ``images`` (integer levels, (N, C, H, W)) into a self-describing file's bytes.
+
+    ``gamma``: the model's Γ estimate (``ddpm analytic-variance``), needed by ``options.variance == "analytic"``.
+    """
     tick = time.perf_counter()
     shape, levels = image_shape(model), model.diffusion.levels
     images = check_images(images, shape, levels)
     steps = model.diffusion.T if options.steps is None else options.steps
     if not 1 <= steps <= model.diffusion.T:
         raise CompressionError(f"--steps must be in 1..{model.diffusion.T}, got {steps}")
-    code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised)
+    if (options.variance == "analytic") != (gamma is not None):
+        raise CompressionError("--variance analytic needs the model's Γ estimate (ddpm analytic-variance), and "
+                               "only it takes one")
+    code = chain_code(model, steps, options.grid_log2, options.window, options.clip_denoised, gamma)
     dims = int(np.prod(shape))
     plan = batch_plan(len(images), options.batch_size)
     threads = torch.get_num_threads()
@@ -212,14 +242,18 @@ def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = Cod
                                "usual): the model predicts them implausibly badly or implausibly well")
     payload = stack.words()[trimmed:]
     header = Header(model_hash(model), len(images), *shape, levels, steps, options.batch_size, options.grid_log2,
-                    options.window, threads, options.clip_denoised, n_init, trimmed, int(payload.size))
+                    options.window, threads, options.clip_denoised, n_init, trimmed, int(payload.size),
+                    VARIANCES.index(options.variance), NO_GAMMA if gamma is None else gamma_hash(gamma))
     return Compressed(pack(header, payload), header, time.perf_counter() - tick)
 
 
 @torch.inference_mode()
 def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: bool = False,
-               name: str = "the file") -> Decompressed:
-    """Decode a file's bytes with the model it was made with; ``previews`` x̂₀ snapshots along the way."""
+               name: str = "the file", gamma: torch.Tensor | None = None) -> Decompressed:
+    """Decode a file's bytes with the model it was made with; ``previews`` x̂₀ snapshots along the way.
+
+    A file coded with Analytic-DPM's variance (``header.variance``) needs the same Γ estimate as ``gamma``.
+    """
     tick = time.perf_counter()
     header, payload = unpack(data, name)  # every field in range and consistent with the payload's size
     # then against the model, before anything costly (hashing the weights, tables, decoding)
@@ -244,7 +278,17 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
         raise CompressionError(f"{name} was made with a different model (hash {header.model_hash.hex()}, this "
                                f"checkpoint's is {ours.hex()}): use the checkpoint and --weights "
                                "it was compressed with")
-    code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised)
+    if VARIANCES[header.variance] == "analytic":
+        if gamma is None:
+            raise CompressionError(f"{name} was coded with Analytic-DPM's variance: it needs the model's Γ estimate "
+                                   "(stored beside the checkpoint by ddpm analytic-variance)")
+        if gamma_hash(gamma) != header.gamma_hash:
+            raise CompressionError(f"{name} was coded with another Γ estimate (hash {header.gamma_hash.hex()}, "
+                                   f"this one's is {gamma_hash(gamma).hex()}): decode with the estimate it was "
+                                   "compressed with")
+    else:
+        gamma = None  # the model's own variance: an estimate, if given, plays no part
+    code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised, gamma)
     preview_ts = set(spaced_steps(code.T, min(previews, code.T))) if previews > 0 else set()
     shown = min(header.count, PREVIEW_IMAGES)  # previews are grids of at most this many: memory stays bounded
     shots: dict[int, np.ndarray] = {t: np.zeros((shown, *shape), np.float32) for t in preview_ts}

@@ -2,7 +2,10 @@
 
     magic "DDPZ" · format version · model hash (16 bytes) · image count · channels · height · width ·
     levels · chain steps · chains per batch · grid exponent · window · threads · clip flag ·
-    initial words · trimmed words · payload words · payload (32-bit words) · CRC-32
+    initial words · trimmed words · payload words · [version 2: reverse variance · Γ hash (16 bytes)] ·
+    payload (32-bit words) · CRC-32
+
+Version 1 (ddpm 0.1) had no variance fields: its files were coded with the model's own variance, and still decode.
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import astuple, dataclass
+from typing import get_args
 
 import numpy as np
 
 from ..config import MAX_T
+from ..sampling.analytic import VarianceChoice
 from .errors import CompressionError
 
 MAGIC = b"DDPZ"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sB16sIBHHHIHbBHBIII")
+FORMAT_VERSION = 2
+_HEADERS = {1: struct.Struct("<4sB16sIBHHHIHbBHBIII"), 2: struct.Struct("<4sB16sIBHHHIHbBHBIIIB16s")}
+_HEADER = _HEADERS[FORMAT_VERSION]
+VARIANCES: tuple[str, ...] = get_args(VarianceChoice)  # a chain's reverse variance; the header stores its index
+NO_GAMMA = bytes(16)               # the Γ hash of a file coded with the model's own variance
 _CRC = struct.Struct("<I")
 
 # What a header may say (issue 13): each field is checked against these before anything is decoded or
@@ -51,6 +59,8 @@ class Header:
     initial_words: int     # random words the stack started with (seeded, so the receiver can check them)
     trimmed_words: int     # of those, bottom words never touched, left out of the file
     payload_words: int
+    variance: int = 0      # index in VARIANCES: 0 the model's Σ, 1 Analytic-DPM's σ*² from a Γ estimate
+    gamma_hash: bytes = NO_GAMMA  # 16 bytes identifying that Γ estimate (``codec.gamma_hash``)
 
 
 def pack(header: Header, payload: np.ndarray) -> bytes:
@@ -67,16 +77,21 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     """Header and payload of a file's bytes; a CompressionError says what is wrong with a bad one."""
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise CompressionError(f"{name} is not a ddpm compressed file (no 'DDPZ' signature)")
-    if len(data) < _HEADER.size + _CRC.size:
+    if len(data) <= len(MAGIC):
         raise CompressionError(f"{name} is truncated: {len(data)} bytes, shorter than the header")
-    magic, version, *fields = _HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise CompressionError(f"{name} has format version {version}; this ddpm reads version {FORMAT_VERSION}")
+    version = data[len(MAGIC)]
+    if version not in _HEADERS:
+        raise CompressionError(f"{name} has format version {version}; this ddpm reads versions "
+                               f"{', '.join(map(str, _HEADERS))}")
+    layout = _HEADERS[version]
+    if len(data) < layout.size + _CRC.size:
+        raise CompressionError(f"{name} is truncated: {len(data)} bytes, shorter than the header")
+    magic, version, *fields = layout.unpack_from(data)
     if fields[11] not in (0, 1):
         raise CompressionError(f"{name} has header field clip_denoised={fields[11]}; expected 0 or 1")
     fields[11] = bool(fields[11])
     header = Header(*fields)
-    expected = _HEADER.size + 4 * header.payload_words + _CRC.size
+    expected = layout.size + 4 * header.payload_words + _CRC.size
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
         raise CompressionError(f"{name} is {what}: {len(data)} bytes, the header describes {expected}")
@@ -84,7 +99,7 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     if zlib.crc32(body) != _CRC.unpack_from(data, len(body))[0]:
         raise CompressionError(f"{name} is corrupted: its CRC-32 checksum does not match its contents")
     check_header(header, name)
-    payload = np.frombuffer(body, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
+    payload = np.frombuffer(body, dtype="<u4", offset=layout.size).astype(np.uint32)
     return header, payload
 
 
@@ -93,13 +108,17 @@ def check_header(h: Header, name: str = "the file") -> None:
     ranges = {
         "count": (1, None), "channels": (1, 3), "height": (1, None), "width": (1, None), "levels": (2, 256),
         "steps": (1, MAX_T), "batch": (1, MAX_BATCH), "grid_log2": GRID_LOG2_RANGE, "window": WINDOW_RANGE,
-        "threads": (1, MAX_THREADS), "initial_words": (1, None),
+        "threads": (1, MAX_THREADS), "initial_words": (1, None), "variance": (0, len(VARIANCES) - 1),
     }
     for field, (lo, hi) in ranges.items():
         value = getattr(h, field)
         if value < lo or (hi is not None and value > hi):
             expected = f"{lo}..{hi}" if hi is not None else f">= {lo}"
             raise CompressionError(f"{name} has header field {field}={value}; expected {expected}")
+    if (h.variance == 0) != (h.gamma_hash == NO_GAMMA):
+        raise CompressionError(f"{name} has header field variance={h.variance} with "
+                               f"{'no' if h.gamma_hash == NO_GAMMA else 'a'} Γ hash; a file coded with "
+                               "Analytic-DPM's variance (1) names its estimate, one with the model's (0) none")
     if h.channels not in (1, 3):
         raise CompressionError(f"{name} has header field channels={h.channels}; expected 1 (grey) or 3 (RGB)")
     decoded = h.count * h.channels * h.height * h.width

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,7 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..rng import Noise, per_item
+from ..sampling.analytic import VarianceChoice
 from .common import (
     CommonOptions,
     DataChoice,
@@ -41,7 +42,6 @@ from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
 DecoderChoice = Literal["auto", "discretized", "continuous"]
-VarianceChoice = Literal["model", "analytic"]
 ImageSource = Sequence[Tensor] | torch.utils.data.Dataset
 
 
@@ -225,13 +225,13 @@ class NLLOptions:
 
     def __post_init__(self) -> None:
         check_int("--t-batch", self.t_batch, 1)
-        if self.variance not in ("model", "analytic"):
+        if self.variance not in get_args(VarianceChoice):
             raise ConfigError(f"--variance must be model or analytic, got {shown(self.variance)}")
         if self.n_images is not None:
             check_int("--n-images", self.n_images, 1)
         if self.variance != "analytic" and (self.n_images is not None or self.recompute):
             raise ConfigError("--n-images and --recompute apply to --variance analytic only")
-        if self.decoder not in ("auto", "discretized", "continuous"):
+        if self.decoder not in get_args(DecoderChoice):
             raise ConfigError(f"--decoder must be auto, discretized or continuous, got {shown(self.decoder)}")
         if self.steps is not None:
             check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_nll)

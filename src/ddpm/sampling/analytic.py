@@ -138,6 +138,9 @@ def chain_variances(schedule: Schedule, gamma: Tensor, eta: float = 1.0,
     return optimal_variance(a_s, a_t, lambda2(a_s, a_t, eta), g, data_half_range).clamp(min=MIN_VARIANCE)
 
 
+VarianceChoice = Literal["model", "analytic"]  # a chain's reverse variance: the model's Σ, or σ*² from Γ
+
+
 # --- the diffusion that carries the estimate --------------------------------------------------------------
 
 class AnalyticDiffusion(GaussianDiffusion):
