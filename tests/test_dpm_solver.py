@@ -88,6 +88,20 @@ def test_3m_taylor_form_is_third_order():
     assert all(5.5 < r < 11 for r in ratios(errs)), (errs, ratios(errs))
 
 
+def test_the_registered_3m_samplers_are_the_two_forms():
+    """`--sampler dpm++3m` is the reference (diffusers') form, `--sampler dpm++3m-taylor` the third-order one."""
+    s = lambda_linear_schedule(257)
+    d = GaussianDiffusion(s).with_steps(16)
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name, form in (("dpm++3m", "reference"), ("dpm++3m-taylor", "taylor")):
+        got = [st.x for st in SAMPLERS[name].steps(optimal_eps(s), d, x_T, GLOBAL_NOISE, False)]
+        want = [st.x for st in dpm_solver_steps(optimal_eps(s), d, x_T, GLOBAL_NOISE, False, order=3,
+                                                third_order=form)]
+        assert all(torch.equal(a, b) for a, b in zip(got, want)) and len(got) == len(want) == 16
+    assert not torch.equal(got[-1], [st.x for st in SAMPLERS["dpm++3m"].steps(optimal_eps(s), d, x_T,
+                                                                                GLOBAL_NOISE, False)][-1])
+
+
 # --- equality with diffusers -------------------------------------------------------------------------------
 
 def dummy_model(C: int = 4):

@@ -114,6 +114,12 @@ def dpmpp_3m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, nois
     return dpm_solver_steps(model, diffusion, x_T, noise, clip_denoised, t_start, order=3)
 
 
+def dpmpp_3m_taylor_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
+                         clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
+    """DPM-Solver++(3M) with the Taylor second difference (Lu et al. 2022, Eq. 15): third order, measured."""
+    return dpm_solver_steps(model, diffusion, x_T, noise, clip_denoised, t_start, order=3, third_order="taylor")
+
+
 def sde_dpmpp_2m_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                        clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """SDE-DPM-Solver++(2M): the reverse SDE in data-prediction form, fresh noise each step."""

@@ -21,7 +21,7 @@ from ..rng import GLOBAL_NOISE, Noise
 from ..schedules import Spacing
 from .analytic import analytic_ddim_steps, analytic_ddpm_steps
 from .ancestral import ancestral_steps, ddim_steps
-from .dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps, sde_dpmpp_2m_steps
+from .dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps, dpmpp_3m_taylor_steps, sde_dpmpp_2m_steps
 from .steps import SampleStep, run
 
 Tensor = torch.Tensor
@@ -50,6 +50,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
                            stochastic=False),
     "dpm++3m": SamplerInfo(dpmpp_3m_steps, "DPM-Solver++(3M) as in diffusers (measured second order, below 2M's "
                            "error)", stochastic=False),
+    "dpm++3m-taylor": SamplerInfo(dpmpp_3m_taylor_steps, "DPM-Solver++(3M) with the Taylor second difference "
+                                  "(measured third order; not diffusers' trajectory)", stochastic=False),
     "sde-dpm++2m": SamplerInfo(sde_dpmpp_2m_steps, "SDE-DPM-Solver++(2M), the reverse SDE with fresh noise each "
                                "step", stochastic=True),
     "analytic-ddpm": SamplerInfo(analytic_ddpm_steps, "Analytic-DDPM (Bao et al. 2022): ancestral steps with the "
