@@ -231,7 +231,7 @@ def test_sample_refuses_bad_names_eta_and_t_start(small_diffusion):
     from ddpm.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^unknown sampler 'euler'; expected one of ancestral, ddim, dpm\+\+2m, "
-                                          r"dpm\+\+3m, sde-dpm\+\+2m, analytic-ddpm, analytic-ddim$"):
+                                          r"dpm\+\+3m, dpm\+\+3m-taylor, sde-dpm\+\+2m, analytic-ddpm, analytic-ddim$"):
         sample(linear_net, small_diffusion, (1, 2), sampler="euler")
     with pytest.raises(ConfigError, match=r"^eta applies to ddim only, not to sampler 'dpm\+\+2m'; got eta=0.5$"):
         sample(linear_net, small_diffusion, (1, 2), sampler="dpm++2m", eta=0.5)
