@@ -16,7 +16,7 @@ from PIL import Image
 from _eval_tiny import REPO, make_checkpoint, one_thread  # noqa: F401  (fixture)
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.cli import main
-from ddpm.outputs import LOCK, MARKER, OutputDir, OutputError, RunLock, safe_name, write_bytes
+from ddpm.outputs import LOCK, MARKER, OutputDir, OutputError, RunLock, check_not_locked, safe_name, write_bytes
 
 TINY = ["--base_channels", "16", "--channel_mults", "1,2", "--attn_resolutions", "4", "--num_groups", "8",
         "--T", "20", "--batch_size", "16", "--warmup_steps", "2", "--sample_every", "0", "--ema_decay", "0.9",
@@ -228,6 +228,15 @@ def test_two_concurrent_trainings_one_is_refused(tmp_path):
     assert second.returncode == 2
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"process {first.pid}" in lines[0], second.stderr
+
+
+def test_a_held_lock_is_seen_before_anything_else_is_checked(tmp_path):
+    check_not_locked(tmp_path)  # no lock file: nothing held, and nothing written
+    assert not (tmp_path / LOCK).exists()
+    with RunLock(tmp_path):
+        with pytest.raises(OutputError, match=f"being written by process {os.getpid()}"):
+            check_not_locked(tmp_path)
+    check_not_locked(tmp_path)  # released
 
 
 def test_lock_in_the_same_process_is_exclusive(tmp_path):

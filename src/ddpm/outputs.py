@@ -280,11 +280,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            error = _locked(self.path, fd)
             os.close(fd)
-            who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-            raise RunLockedError(f"{self.path.parent} is being written by {who} (lock {self.path}); wait for it "
-                                 "to finish or choose another --out") from None
+            raise error from None
         except BaseException:
             os.close(fd)
             raise
@@ -315,6 +313,36 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def check_not_locked(run_dir: str | Path) -> None:
+    """RunLockedError naming the holder when another live process holds ``run_dir``'s lock; writes nothing.
+
+    For the checks a writer makes before it takes the lock itself (e.g. "this run already has checkpoints"), so
+    that a second writer is told about the first rather than about what the first has written so far.
+    """
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or none readable): nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise _locked(path, fd) from None
+    finally:
+        os.close(fd)
+
+
+def _locked(path: Path, fd: int) -> RunLockedError:
+    """The error for a lock held by another live process, naming it from the note in ``fd``."""
+    holder = _read_holder(fd)
+    who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+    return RunLockedError(f"{path.parent} is being written by {who} (lock {path}); wait for it to finish or "
+                          "choose another --out")
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ..diffusion import GaussianDiffusion
 from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import network_for
-from ..outputs import OutputDir, RunLock, check_output_dir, write_text
+from ..outputs import OutputDir, RunLock, check_not_locked, check_output_dir, write_text
 from ..processes import (
     DEFAULT_DEVICE,
     ProcessGroup,
@@ -137,6 +137,7 @@ class Trainer:
         if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
         check_output_dir(self.run_dir, "train", overwrite)  # a folder of someone else's files is no run directory
+        check_not_locked(self.run_dir)  # another ddpm train is writing it: say so, not what it has written so far
         self.damaged: list[Path] = []  # newer checkpoints that failed validation ("latest-valid" sets them aside)
         self.resume_from = self._resume_checkpoint(resume)
         self.seen_latest = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
