@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, check_int
+from ..evaluation.common import is_image_model
 from ..loading import LoadedModel
 from ..sampling.analytic import AnalyticDiffusion, VarianceChoice
 from ..schedules import spaced_steps
@@ -135,7 +136,7 @@ def model_hash(model: LoadedModel) -> bytes:
 
 def image_shape(model: LoadedModel) -> tuple[int, int, int]:
     """(C, H, W) of the images the model codes."""
-    if model.config.model.kind != "unet":
+    if not is_image_model(model.config):
         raise CompressionError("compression codes images: this checkpoint's model makes 2-D points (toy2d)")
     return model.sample_shape  # type: ignore[return-value]
 

@@ -34,6 +34,7 @@ from ..checkpoint import (
 from ..config import ConfigError, RunConfig, check_resume_config
 from ..data import dataset_for, random_flip
 from ..diffusion import GaussianDiffusion
+from ..evaluation.common import is_image_model
 from ..images import save_image_grid, to_display_uint8
 from ..loading import shape_problems
 from ..nets import network_for
@@ -343,7 +344,7 @@ class Trainer:
         return net.eval()
 
     def _sample_grid(self) -> None:
-        if not self.group.is_main or not hasattr(self.cfg.model, "image_size"):
+        if not self.group.is_main or not is_image_model(self.cfg):
             barrier(self.group)
             return
         net = self.ema_model()
