@@ -25,6 +25,7 @@ import torch
 from ddpm.checkpoint import CheckpointError
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.analytic_variance import analytic_diffusion, read_estimate
+from ddpm.evaluation.figures import SamplerRun, plot_sampler_comparison
 from ddpm.evaluation.quality import digits_quality
 from ddpm.evaluation.samples import SamplerSpec, generate
 from ddpm.loading import LoadedModel, load_model
@@ -113,27 +114,10 @@ def markdown(rows: list[BenchRow]) -> str:
 
 def plot(rows: list[BenchRow], path: str | Path) -> Path:
     """Fréchet distance against network evaluations, a line per sampler; ancestral (all T steps) as a level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if r.sampler == "ancestral":
-            ax.axhline(r.fd, color="black", linestyle="--", label=f"ancestral, {r.steps} steps ({r.fd:.2f})")
-    for name in dict.fromkeys(r.sampler for r in rows if r.sampler != "ancestral"):
-        mine = sorted((r for r in rows if r.sampler == name), key=lambda r: r.steps)
-        ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({mine[0].spacing})")
-    ax.axhline(rows[0].fd_real_vs_real, color="grey", linestyle=":", label="real vs real")
-    ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per sample")
-    ax.set_ylabel("digits Fréchet distance (lower is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    runs = [SamplerRun(r.sampler, r.steps, r.fd, r.spacing) for r in rows]
+    reference = next((r for r in runs if r.sampler == "ancestral"), None)
+    return plot_sampler_comparison(path, [r for r in runs if r.sampler != "ancestral"], reference,
+                                   rows[0].fd_real_vs_real)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,16 +12,14 @@ The `digits` and `cifar10` presets' training steps at their own batch size are m
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import torch
 
 from ddpm.config import PRESETS, UNetConfig
 from ddpm.nets import build_model, count_parameters
+from ddpm.processes import machine_line
 
 
 def network_for(size: int) -> UNetConfig:
@@ -90,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, {os.cpu_count()} "
-          f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, best of "
-          f"{args.reps}\n")
+    print(f"{machine_line()}, device {device}, best of {args.reps}\n")
     print("| image size | network | parameters | reverse step, batch 1 (s) | 1000-step sample (min) | "
           "100-step sample (min) | training step, batch 1 (s) | training GFLOP/image |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ddpm.config import PRESETS
 from ddpm.interop.diffusers import load_diffusers, unet_config_to_diffusers
 from ddpm.nets.unet import UNet, count_parameters
+from ddpm.processes import cpu_name
 
 
 def _register_cpu_attention_flops() -> None:
@@ -53,18 +54,6 @@ def _register_cpu_attention_flops() -> None:
         @flop_counter.register_flop_formula(bwd)
         def _bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (lscpu's 'Model name')."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def matmul_peak_flops(n: int, repeats: int) -> float:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
 
 from ddpm.evaluation.common import CommonOptions
 from ddpm.evaluation.nll import NLLOptions, run_nll
+from ddpm.processes import machine_line
 
 
 def bound(checkpoint: str, out: Path, steps: int | None, variance: str) -> tuple[float, float]:
@@ -69,8 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"steps": k, "variance": variance, "bits_per_dim": mean, "stderr": stderr})
             print(json.dumps(rows[-1]), flush=True)
     T = json.loads((out / "nll_full" / "nll.json").read_text())["T"]
-    when = f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, " \
-           f"torch {torch.__version__}"
+    when = machine_line()
     lines = [f"Test bound of a K-step chain ({when}); all T = {T} steps: {full[0]:.4f} ± {full[1]:.4f} bits/dim.", "",
              "| K | σ² of the model (bits/dim) | Analytic-DPM σ*² (bits/dim) |", "|---:|---:|---:|"]
     for k in sorted({r["steps"] for r in rows}):

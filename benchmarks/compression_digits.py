@@ -18,9 +18,7 @@ import io
 import json
 import lzma
 import math
-import platform
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ from ddpm.evaluation.analytic_variance import read_estimate
 from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
+from ddpm.processes import machine_line
 from ddpm.sampling.analytic import AnalyticDiffusion
 
 
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def markdown(rows: list[dict], base: dict[str, float], n: int, levels: int) -> str:
     """The results as markdown, with date and machine."""
-    when = f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, " \
-           f"{torch.get_num_threads()} torch thread(s)"
+    when = machine_line()
     lines = [f"Digits test split: {n} images of 8×8 at {levels} levels ({n * 64} values); {when}.", "",
              "| chain | variance | grid δ/σ | bound (`ddpm nll`) | file | file vs bound | of which start-up "
              "| header+CRC | exact | compress | decompress |",

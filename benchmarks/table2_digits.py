@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -30,6 +27,7 @@ from ddpm.data import dataset_for
 from ddpm.evaluation.digits_metric import evaluate_digits
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
+from ddpm.processes import machine_line
 from ddpm.rng import per_item
 from ddpm.sampling import sample
 from ddpm.train import NonFiniteError, train
@@ -96,8 +94,7 @@ def markdown(rows: list[CellResult], steps: int, n_samples: int) -> str:
     """The results as a markdown table with the date and machine."""
     lines = [
         f"Table 2 in miniature: digits, {steps} training steps per cell, {n_samples} ancestral samples (T = 1000), "
-        f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}",
+        f"{machine_line()}",
         "",
         "| objective | test NLL (bits/dim) | Fréchet distance (real vs real) | classifier score (real) | "
         "confidence | diverged |",

@@ -232,7 +232,11 @@ def test_direct_construction_and_json_are_checked_as_well():
     (lambda: FidOptions("s.npz", is_splits=0), "--is-splits must be >= 1"),
     (lambda: FidOptions("s.npz", device="gpu"), "--device 'gpu' is not a device: expected auto, cpu, cuda"),
     (lambda: QuickstartOptions(n_samples=0), "--samples (n_samples) must be >= 1"),
-    (lambda: QuickstartOptions(ddim_steps=1001), "--ddim-steps must be in 1..1000"),
+    (lambda: QuickstartOptions(sampler_steps=1001), "--sampler-steps must be in 1..1000"),
+    (lambda: QuickstartOptions(sampler="analytic-ddpm"), "the Analytic-DPM samplers need a Γ estimate"),
+    (lambda: QuickstartOptions(sampler="euler"), "--sampler must be one of ancestral, ddim"),
+    (lambda: QuickstartOptions(compare_steps=(10, 0)), "--compare-steps must be in 1..1000"),
+    (lambda: QuickstartOptions(spacing="cubic"), "--spacing must be one of uniform"),
     (lambda: QuickstartOptions(t_per_batch=0), "t_per_batch must be >= 1"),
 ])
 def test_options_dataclasses_refuse_naming_the_option(build, needle):
@@ -382,8 +386,9 @@ def test_decompress_refuses_negative_previews(tmp_path, capsys, ckpt):
 @pytest.mark.parametrize("bad,needle", [
     (["--steps", "0"], "--steps must be >= 1"),
     (["--samples", "0"], "--samples (n_samples) must be >= 1"),
-    (["--ddim-steps", "0"], "--ddim-steps must be in 1..1000"),
-    (["--ddim-steps", "1001"], "--ddim-steps must be in 1..1000"),
+    (["--sampler-steps", "0"], "--sampler-steps must be in 1..1000"),
+    (["--sampler-steps", "1001"], "--sampler-steps must be in 1..1000"),
+    (["--compare-steps", "10,5000"], "--compare-steps must be in 1..1000"),
     (["--nll-images", "0"], "--nll-images must be >= 1"),
     (["--seed", "-1"], "--seed must be in 0.."),
 ])

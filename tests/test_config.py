@@ -120,9 +120,15 @@ def test_round_trip_through_json_is_exact() -> None:
 
 # --- configs and checkpoints of ddpm 0.1 ---------------------------------------------------------
 
+NO_WARMUP = override(preset("digits"), ema_warmup_power=None)  # what every run of ddpm 0.1 and 0.2 trained
+
+
 def _old_layout(cfg: RunConfig) -> dict:
-    """``cfg`` as ddpm 0.1 stored it: image size and channels on both model and data, learn_sigma on the model."""
+    """``cfg`` as ddpm 0.1 stored it: image size and channels on both model and data, learn_sigma on the model,
+    and no EMA warm-up (``cfg`` must have none)."""
+    assert cfg.train.ema_warmup_power is None
     d = cfg.to_dict()
+    del d["train"]["ema_warmup_power"]
     if isinstance(cfg.model, UNetConfig):
         d["data"].update(image_size=cfg.model.image_size, channels=cfg.model.in_channels)
     else:
@@ -133,27 +139,30 @@ def _old_layout(cfg: RunConfig) -> dict:
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_old_config_dicts_migrate(name: str) -> None:
-    cfg = override(PRESETS[name], var_type="learned_range", loss_type="hybrid")
+    cfg = override(PRESETS[name], var_type="learned_range", loss_type="hybrid", ema_warmup_power=None)
     assert RunConfig.from_dict(_old_layout(cfg)) == cfg
     assert migrate(cfg.to_dict()) == cfg.to_dict()  # today's layout is left as it is
 
 
 def test_an_old_config_that_contradicts_itself_is_refused() -> None:
-    d = _old_layout(preset("digits"))
+    d = _old_layout(NO_WARMUP)
     d["data"]["image_size"] = 16
     with pytest.raises(ConfigError, match="data.image_size=16 contradicts model.image_size=8"):
         RunConfig.from_dict(d)
-    d = _old_layout(preset("digits"))
+    d = _old_layout(NO_WARMUP)
     d["model"]["learn_sigma"] = True  # but var_type fixed_beta
     with pytest.raises(ConfigError, match="model.learn_sigma=True contradicts diffusion.var_type='fixed_beta'"):
         RunConfig.from_dict(d)
 
 
 def test_resuming_a_run_written_by_the_old_layout_is_not_a_change() -> None:
-    cfg = preset("digits")
+    cfg = NO_WARMUP
     check_resume_config(cfg, _old_layout(cfg))  # no error: the same run
     with pytest.raises(ConfigError, match=r"model.image_size \(checkpoint: 8\)"):
         check_resume_config(override(cfg, image_size=16), _old_layout(cfg))
+    # today's preset warms its EMA up; the old run did not, and resuming it must keep its constant decay
+    with pytest.raises(ConfigError, match=r"train.ema_warmup_power \(checkpoint: None\)"):
+        check_resume_config(preset("digits"), _old_layout(cfg))
 
 
 def test_a_checkpoint_written_by_ddpm_0_1_loads_and_computes_the_same(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The trainer: the recipe's pieces, exact resumption, DDP equality, clear errors before any state changes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from ddpm.checkpoint import list_checkpoints, load_checkpoint
 from ddpm.config import ConfigError, override, preset
 from ddpm.train import EMA, NonFiniteError, lr_at, train
+from ddpm.train.ema import ema_decay_at
 from ddpm.train.trainer import batch_indices
 
 # a tiny U-Net on the real digits data, T = 50: a few steps take a second
@@ -37,9 +39,40 @@ def test_ema_is_the_exponential_average():
     for v in (1.0, 2.0):
         with torch.no_grad():
             net.weight.fill_(v)
-        ema.update(net)
+        ema.update(net, updates=int(v))
     # 0 → 0.9·0 + 0.1·1 = 0.1 → 0.9·0.1 + 0.1·2 = 0.29
     assert ema.state_dict()["weight"].flatten().tolist() == pytest.approx([0.29, 0.29])
+
+
+def test_warming_ema_is_the_weighted_average_its_decays_define_and_forgets_the_initial_weights():
+    # brute force: after n updates with decays d_1..d_n the average is Σ_k θ_k (1 − d_k) Π_{j>k} d_j + θ_0 Π_j d_j
+    decay, power, n = 0.99, 0.75, 40
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1000.0)  # the initial weights: with the warm-up they must not count at all
+    ema, cold = EMA(net, decay, warmup_power=power), EMA(net, decay)
+    thetas = torch.randn(n, dtype=torch.float64)
+    for k in range(n):
+        with torch.no_grad():
+            net.weight.fill_(thetas[k].item())
+        ema.update(net, updates=k + 1)
+        cold.update(net, updates=k + 1)
+    d = [ema_decay_at(k + 1, decay, power) for k in range(n)]
+    assert d[0] == 0.0 and all(a <= b for a, b in zip(d, d[1:]))  # a copy first, then a growing decay
+    expected = sum(thetas[k].item() * (1 - d[k]) * math.prod(d[k + 1:]) for k in range(n))
+    assert ema.state_dict()["weight"].item() == pytest.approx(expected, rel=1e-5)
+    # the same updates without warm-up still hold 0.99^40 = 67% of the initial 1000
+    assert cold.state_dict()["weight"].item() > 600
+
+
+def test_ema_warmup_reaches_the_papers_decay_well_before_its_800k_steps():
+    assert ema_decay_at(10**6, 0.9999, None) == 0.9999
+    assert ema_decay_at(1000, 0.9999, 0.75) == pytest.approx(1 - 1000 ** -0.75)  # 0.9944: still warming
+    reached = next(n for n in (10**k for k in range(1, 7)) if ema_decay_at(n, 0.9999, 0.75) == 0.9999)
+    assert reached == 10**6 and ema_decay_at(216_000, 0.9999, 0.75) == 0.9999  # from about 215k on
+    assert ema_decay_at(214_000, 0.9999, 0.75) < 0.9999
+    with pytest.raises(ValueError, match="from 1"):
+        ema_decay_at(0, 0.9999, 0.75)
 
 
 def test_batches_are_epoch_permutations():
@@ -64,16 +97,38 @@ def test_training_writes_logs_checkpoints_and_grids(tmp_path):
     assert ckpt.extra["data_position"] == 6
 
 
-def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
-    cfg = tiny(total_steps=8, checkpoint_every=4, dropout=0.1)
+# the importance sampler on T = 4: each t has its 10 losses after a few steps of 16, so the resumed half draws by
+# importance from the restored history
+IMPORTANCE = {"t_sampler": "loss-second-moment", "T": 4}
+
+
+@pytest.mark.parametrize("extra", [{}, IMPORTANCE], ids=["uniform-t", "importance-t"])
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, extra):
+    cfg = tiny(total_steps=8, checkpoint_every=4, dropout=0.1, **extra)
     full = train(cfg, tmp_path / "full", progress=False)
     first = train(override(cfg, total_steps=4), tmp_path / "split", progress=False)
+    if extra:
+        half = load_checkpoint(tmp_path / "split").tensors
+        assert (half["t_sampler.counts"] >= 10).all() and half["t_sampler.counts"].sum() == 4 * 16
     rest = train(cfg, tmp_path / "split", resume=True, progress=False)
     assert rest.start_step == 4
     assert first.losses + rest.losses == full.losses
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+    assert a.tensors.keys() == b.tensors.keys() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_resuming_an_importance_run_without_its_t_sampler_state_is_refused(tmp_path):
+    from ddpm.checkpoint import CheckpointError, save_checkpoint
+
+    cfg = tiny(total_steps=2, checkpoint_every=2, **IMPORTANCE)
+    train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run")
+    del ckpt.tensors["t_sampler.counts"]  # a checkpoint that lost half of the sampler's state
+    save_checkpoint(tmp_path / "run", ckpt)
+    with pytest.raises(CheckpointError, match="cannot resume its t-sampler: .* holds losses and counts"):
+        train(override(cfg, total_steps=4), tmp_path / "run", resume=True, progress=False)
 
 
 def test_errors_come_before_any_state_changes(tmp_path):
@@ -137,10 +192,12 @@ def _cli(*args, env=None):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {**IMPORTANCE, "total_steps": 8, "checkpoint_every": 8}],
+                         ids=["uniform-t", "importance-t"])
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, extra):
     common = ["train", "--preset", "digits", "--no-progress", "--device", "cpu"]
     overrides = []
-    for k, v in {**TINY, "total_steps": 4, "checkpoint_every": 4}.items():
+    for k, v in {**TINY, "total_steps": 4, "checkpoint_every": 4, **extra}.items():
         overrides += [f"--{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
     one = _cli(*common, "--out", str(tmp_path / "one"), *overrides)
     assert one.returncode == 0, one.stderr
@@ -158,6 +215,10 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert diffs.max() < 1e-4 and diffs.median() < 1e-7, (diffs.max(), diffs.median())
     ema_diffs = torch.cat([(a.ema[k] - b.ema[k]).abs().flatten() for k in a.ema])
     assert ema_diffs.max() < 1e-4 and ema_diffs.median() < 1e-7
+    if extra:  # the importance sampler learnt every process's losses: the same t were drawn, the same losses seen
+        assert torch.equal(a.tensors["t_sampler.counts"], b.tensors["t_sampler.counts"])
+        assert (a.tensors["t_sampler.counts"] >= 10).all()  # it drew by importance in the last steps
+        torch.testing.assert_close(a.tensors["t_sampler.losses"], b.tensors["t_sampler.losses"], rtol=1e-4, atol=1e-6)
 
 
 def test_cli_refuses_a_batch_not_divisible_by_the_process_count(tmp_path):

@@ -18,6 +18,7 @@ MeanType = Literal["eps", "x0", "mu"]  # what the network predicts (Table 2)
 VarType = Literal["fixed_beta", "fixed_beta_tilde", "learned", "learned_range"]  # Σ_θ (Sec. 3.2)
 LEARNED_VAR_TYPES = ("learned", "learned_range")  # the network outputs Σ_θ too
 LossType = Literal["simple", "vlb", "hybrid", "mu_mse"]  # Eq. 14, Eq. 5, Nichol & Dhariwal, Table 2
+TSamplerName = Literal["uniform", "loss-second-moment"]  # how training draws t (ddpm.train.t_sampling)
 DatasetName = Literal["digits", "cifar10", "folder", "lmdb", "npz", "toy2d"]
 
 # The DiffusionConfig fields each β schedule reads (ddpm.schedules.make_betas); an option a schedule does not
@@ -190,6 +191,7 @@ class TrainConfig:
     warmup_steps: int = 5000            # linear learning-rate warm-up
     grad_clip: float = 1.0              # gradient-norm clipping
     ema_decay: float = 0.9999           # EMA of the weights
+    ema_warmup_power: float | None = 0.75  # EMA decay 1 − n^−p until ema_decay (train.ema); None: no warm-up
     total_steps: int = 800_000          # training steps
     seed: int = 0                       # seeds the weights, the data order and the noise
     log_every: int = 100                # steps between log rows
@@ -199,6 +201,7 @@ class TrainConfig:
     num_workers: int = 0                # DataLoader workers
     bf16: bool = False                  # bfloat16 autocast for the forward pass
     compile: bool = False               # torch.compile the network
+    t_sampler: TSamplerName = "uniform"  # t uniform (Algorithm 1), or by importance, loss weighted 1/(T·p_t)
     nonfinite_policy: Literal["stop", "skip"] = "stop"  # what a NaN/Inf loss or gradient does
 
 
@@ -283,6 +286,8 @@ def _check_values(cfg: RunConfig) -> None:
     # a max-norm <= 0 zeroes or flips every gradient (clip_grad_norm_ scales by max_norm / norm)
     check_float("train.grad_clip", t.grad_clip, 0.0, lo_open=True)
     check_float("train.ema_decay", t.ema_decay, 0.0, 1.0, hi_open=True)
+    if t.ema_warmup_power is not None:
+        check_float("train.ema_warmup_power", t.ema_warmup_power, 0.0, lo_open=True)
     check_int("train.total_steps", t.total_steps, 1)
     check_seed("train.seed", t.seed)
     check_int("train.log_every", t.log_every, 1)
@@ -405,7 +410,8 @@ def migrate(d: Any) -> Any:
 
     Before ddpm 0.2 the image size and channels were stored on both the model and the data, and the network's
     learned Σ on both the model (``learn_sigma``) and the diffusion (``var_type``); a stored pair that disagrees
-    was never a valid run, and is refused naming both fields.
+    was never a valid run, and is refused naming both fields. Before the EMA warmed up (ddpm 0.3) its decay was
+    constant: a stored train section without ``ema_warmup_power`` trained with none.
     """
     if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "data", "diffusion")):
         return d  # from_dict names what is wrong with it
@@ -431,7 +437,10 @@ def migrate(d: Any) -> Any:
         if value != now:
             raise ConfigError(f"this config's {old}={shown(value)} contradicts {new}={shown(now)}; {old} is no "
                               f"longer stored ({new} alone decides it)")
-    return {**d, **{k: v for k, v in sections.items() if k in d}}
+    migrated = {**d, **{k: v for k, v in sections.items() if k in d}}
+    if isinstance(d.get("train"), dict) and "ema_warmup_power" not in d["train"]:
+        migrated["train"] = {**d["train"], "ema_warmup_power": None}
+    return migrated
 
 
 def override(cfg: RunConfig, **changes: Any) -> RunConfig:

@@ -10,11 +10,12 @@ picks the backend from the device (``backend_for``: NCCL on CUDA, gloo otherwise
 from __future__ import annotations
 
 import os
+import platform
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import torch
 import torch.distributed as dist
@@ -145,3 +146,39 @@ def all_ranks_ok(ok: bool, group: ProcessGroup, device: torch.device) -> bool:
     flag = torch.tensor([1 if ok else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def all_gather_cat(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Every process's ``x`` (equal shapes) concatenated in rank order, on every process."""
+    if not group.distributed:
+        return x
+    parts = [torch.empty_like(x) for _ in range(group.world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+# --- the machine a measurement was made on -------------------------------------------------------
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu prints it (from /proc/cpuinfo), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> dict[str, str | int]:
+    """What a timing depends on: the CPU, its logical cores, torch's threads and version."""
+    return {"cpu": cpu_name(), "logical_cores": os.cpu_count() or 0, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def machine_line() -> str:
+    """Today's date and :func:`machine_info` in one line, for the head of a benchmark's table."""
+    m = machine_info()
+    return (f"{datetime.now(timezone.utc):%Y-%m-%d}, {m['cpu']}, {m['logical_cores']} logical cores, "
+            f"{m['torch_threads']} torch thread(s), torch {m['torch']}")

@@ -6,11 +6,14 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+import torch
 
-from ddpm.quickstart import QuickstartOptions, quickstart
+from ddpm.quickstart import COMPARED, QuickstartOptions, quickstart
 
-TINY = QuickstartOptions(steps=6, n_samples=8, ddim_steps=5, nll_images=4, t_per_batch=250, progress=False)
+TINY = QuickstartOptions(steps=6, n_samples=8, sampler_steps=5, compare_steps=(3, 5), nll_images=4, t_per_batch=250,
+                         progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,28 @@ def monkeypatch_module():
 
 def test_outputs_and_same_numbers_on_a_second_run(tiny_run):
     out, a, b = tiny_run
-    for name in ("report.html", "results.json", "samples_ancestral.png", "samples_ddim.png", "progressive.png",
-                 "rate_distortion.png", "loss.png", "real_test.png"):
+    for name in ("report.html", "results.json", "samples_ancestral.png", "samples_sde-dpm++2m.png", "progressive.png",
+                 "rate_distortion.png", "samplers.png", "loss.png", "real_test.png"):
         assert (out / "a" / name).is_file(), name
     ra = json.loads((out / "a" / "results.json").read_text())
     rb = json.loads((out / "b" / "results.json").read_text())
-    for key in ("test_nll_bits_per_dim", "prior_bits_per_dim", "decoder_bits_per_dim", "ancestral", "ddim"):
+    for key in ("test_nll_bits_per_dim", "prior_bits_per_dim", "decoder_bits_per_dim", "ancestral", "few_step",
+                "comparison"):
         assert ra[key] == rb[key], key
-    assert 0 < a.test_nll_bits_per_dim < 20 and a.ancestral["steps"] == 1000 and a.ddim["steps"] == 5
+    assert 0 < a.test_nll_bits_per_dim < 20 and a.ancestral["steps"] == 1000
+    assert (a.few_step["sampler"], a.few_step["steps"]) == ("sde-dpm++2m", 5)
+    # each compared sampler at each step count; the shown one is among them, not drawn twice
+    assert sorted((c["sampler"], c["steps"]) for c in a.comparison) == sorted(
+        (name, k) for name in COMPARED for k in (3, 5))
+    assert a.few_step in a.comparison
+    # the samples as `ddpm sample` writes them: uint8 NHWC under "images", as many as asked for
+    for name in ("samples_ancestral.npz", "samples_sde-dpm++2m.npz"):
+        with np.load(out / "a" / name) as z:
+            assert z["images"].dtype == np.uint8 and z["images"].shape == (8, 8, 8, 1)
+    # what the timings were measured on
+    assert ra["machine"]["cpu"] and ra["machine"]["torch"] == torch.__version__
+    assert ra["machine"]["torch_threads"] == torch.get_num_threads()
+    assert set(ra["seconds"]) == {"train_s", "ancestral_s", "few_step_s", "nll_s", "quality_s"}
     assert a.ancestral["fd_real_vs_real"] > 0
 
 

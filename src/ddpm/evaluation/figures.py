@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -98,5 +99,35 @@ def plot_loss_curve(path: str | Path, log_csv: str | Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class SamplerRun:
+    """One sampler's samples scored: its name, network evaluations per sample and Fréchet distance."""
+
+    sampler: str
+    steps: int
+    fd: float
+    spacing: str = "uniform"
+
+
+def plot_sampler_comparison(path: str | Path, runs: Sequence[SamplerRun], reference: SamplerRun | None,
+                            fd_real_vs_real: float) -> Path:
+    """Fréchet distance against network evaluations, a line per sampler; ``reference`` (e.g. Algorithm 2 on all T
+    steps) and real-vs-real as levels."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if reference is not None:
+        ax.axhline(reference.fd, color="black", linestyle="--",
+                   label=f"{reference.sampler}, {reference.steps} steps ({reference.fd:.2f})")
+    for name in dict.fromkeys(r.sampler for r in runs):
+        mine = sorted((r for r in runs if r.sampler == name), key=lambda r: r.steps)
+        ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({mine[0].spacing})")
+    ax.axhline(fd_real_vs_real, color="grey", linestyle=":", label=f"real vs real ({fd_real_vs_real:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("digits Fréchet distance (lower is better)")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -42,6 +42,7 @@ from ..outputs import OutputDir, RunLock, check_not_locked, check_output_dir, wr
 from ..processes import (
     DEFAULT_DEVICE,
     ProcessGroup,
+    all_gather_cat,
     all_ranks_ok,
     barrier,
     device_for,
@@ -53,10 +54,12 @@ from ..rng import GlobalNoise, generator, seed_torch
 from ..sampling import sample
 from .ema import EMA
 from .logging import TrainingLog, Window
+from .t_sampling import t_sampler_for
 
 log = logging.getLogger(__name__)
 
 GRID_SAMPLES = 64
+T_SAMPLER_PREFIX = "t_sampler."  # the t-sampler's state among a checkpoint's tensors
 GRID_STEPS = 100  # periodic grids use a respaced 100-step ancestral chain to stay cheap
 Resume = bool | Literal["latest", "latest-valid"]  # True is "latest"; "latest-valid" skips damaged checkpoints
 
@@ -148,7 +151,8 @@ class Trainer:
         seed_torch(tc.seed, "weights")  # the same initial weights in every process
         self.net = network_for(cfg).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-        self.ema = EMA(self.net, tc.ema_decay)
+        self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup_power)
+        self.t_sampler = t_sampler_for(tc.t_sampler, self.diffusion)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=tc.lr)
         self.step = 0
         self.skipped = 0
@@ -206,6 +210,11 @@ class Trainer:
             self.ema.load_state_dict(ckpt.ema)
         if ckpt.optimizer is not None:
             self.opt.load_state_dict(ckpt.optimizer)
+        try:
+            self.t_sampler.load_state_dict({k.removeprefix(T_SAMPLER_PREFIX): v for k, v in ckpt.tensors.items()
+                                            if k.startswith(T_SAMPLER_PREFIX)})
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint in {self.run_dir} cannot resume its t-sampler: {e}") from None
         self.step = ckpt.step
         self.skipped = int(ckpt.extra.get("skipped_steps", 0))
         key = f"torch_rng_rank{self.group.rank}"
@@ -280,26 +289,28 @@ class Trainer:
     def _lr(self, step: int) -> float:
         return lr_at(step, self.cfg.train.lr, self.cfg.train.warmup_steps)
 
-    def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """t ~ U{1..T} and ε ~ N(0, I) for the whole global batch of this step, then this process's slice."""
+    def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice]:
+        """t (with its loss weights, train.t_sampler) and ε ~ N(0, I) for the whole global batch of this step,
+        and this process's slice of it."""
         tc, g = self.cfg.train, generator(self.cfg.train.seed, "training-noise", self.step)
-        t = self.diffusion.sample_t(tc.batch_size, g)
+        t, weights = self.t_sampler.draw(tc.batch_size, g)
         noise = torch.randn((tc.batch_size, *shape), generator=g)
         local = tc.batch_size // self.group.world_size
         sl = slice(self.group.rank * local, (self.group.rank + 1) * local)
-        return t[sl].to(self.device), noise[sl].to(self.device)
+        return t, weights[sl].to(self.device), noise[sl].to(self.device), sl
 
     def _train_step(self, x0: torch.Tensor, window: Window) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
             x0 = random_flip(x0, generator(tc.seed, "flip", self.step, self.group.rank))
-        t, noise = self._global_noise(tuple(x0.shape[1:]))
+        t_all, weights, noise, sl = self._global_noise(tuple(x0.shape[1:]))
+        t = t_all[sl].to(self.device)
         for group in self.opt.param_groups:
             group["lr"] = self._lr(self.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext()
         with autocast:
             terms = self.diffusion.training_losses(self.model, x0, t, noise)
-        loss = terms.loss.mean()
+        loss = (terms.loss * weights).mean()  # weights 1/(T·p_t): unbiased for any p (all 1 for uniform t)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
@@ -307,7 +318,10 @@ class Trainer:
         if not all_ranks_ok(finite, self.group, self.device):
             return self._non_finite(loss.item(), grad_norm.item())
         self.opt.step()
-        self.ema.update(self.net)
+        self.ema.update(self.net, self.step + 1 - self.skipped)  # optimizer steps applied, this one included
+        # every process learns from the whole global batch's losses, so all hold the same t-sampler
+        if self.t_sampler.learns:
+            self.t_sampler.update(t_all, all_gather_cat(terms.loss.detach(), self.group))
         window.add(terms.loss.detach(), t, self.diffusion.T, grad_norm.item(), x0.shape[0] * self.group.world_size)
         return loss.item()
 
@@ -326,7 +340,8 @@ class Trainer:
     # outputs
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0) with everything needed to resume exactly."""
-        tensors = {f"torch_rng_rank{self.group.rank}": torch.get_rng_state()}
+        tensors = {f"torch_rng_rank{self.group.rank}": torch.get_rng_state(),
+                   **{f"{T_SAMPLER_PREFIX}{k}": v for k, v in self.t_sampler.state_dict().items()}}
         path = None
         if self.group.is_main:
             ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), model=self.net.state_dict(),
