@@ -52,6 +52,11 @@ def measure(out: Path, name: str, steps: int, every: int, n: int, sampler: str, 
     run_dir = out / name.replace("/", "_")
     if not list_checkpoints(run_dir) or list_checkpoints(run_dir)[-1].name != f"step_{steps:09d}":
         train(cfg, run_dir, resume=bool(list_checkpoints(run_dir)), progress=False)
+    return evaluate_run(run_dir, name, n, sampler, k)
+
+
+def evaluate_run(run_dir: Path, name: str, n: int, sampler: str, k: int) -> list[dict[str, Any]]:
+    """Each checkpoint of a run: its EMA weights' samples scored, beside the training seconds it had taken."""
     wall = wall_at(run_dir)
     rows = []
     for ckpt in list_checkpoints(run_dir):
@@ -89,11 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=256, help="samples per checkpoint (default 256, the quickstart's)")
     p.add_argument("--sampler", default="sde-dpm++2m", choices=SAMPLER_NAMES)
     p.add_argument("--sampler-steps", type=int, default=50)
+    p.add_argument("--existing", nargs="*", default=[], help="finished runs to evaluate too (e.g. an earlier "
+                                                             "quickstart's run), named by their folder")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.variants.split(","):
+    for run in args.existing:
+        rows += evaluate_run(Path(run), f"existing: {run}", args.n, args.sampler, args.sampler_steps)
+    for name in filter(None, args.variants.split(",")):
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
         rows += measure(out, name, args.steps, args.eval_every, args.n, args.sampler, args.sampler_steps)

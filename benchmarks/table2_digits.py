@@ -31,6 +31,7 @@ from ddpm.processes import machine_line
 from ddpm.rng import per_item
 from ddpm.sampling import sample
 from ddpm.train import NonFiniteError, train
+from ddpm.train.t_sampling import T_SAMPLERS
 
 # (label as in Table 2, mean_type, var_type, loss_type)
 CELLS = [
@@ -61,14 +62,18 @@ class CellResult:
 
 
 def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: str, steps: int, n_samples: int,
-             seed: int, ema_decay: float | None = None, weights: str = "ema") -> CellResult:
-    """Train one cell with the shared budget and evaluate its EMA (or raw) weights."""
+             seed: int, ema_decay: float | None = None, weights: str = "ema",
+             t_sampler: str = "uniform") -> CellResult:
+    """Train one cell with the shared budget and evaluate its EMA (or raw) weights; ``t_sampler`` is how the
+    cells trained on the bound L draw t (the others draw it uniformly, as L_simple's weighting is its own)."""
     changes = dict(mean_type=mean_type, var_type=var_type, loss_type=loss_type, total_steps=steps,
                    checkpoint_every=max(1, steps // 5), seed=seed)
     if ema_decay is not None:
         changes["ema_decay"] = ema_decay
+    if loss_type == "vlb":
+        changes["t_sampler"] = t_sampler
     cfg = override(preset("digits"), **changes)
-    run_dir = out / f"{mean_type}-{var_type}-{loss_type}"
+    run_dir = out / f"{mean_type}-{var_type}-{loss_type}" + ("" if cfg.train.t_sampler == "uniform" else "-importance")
     tick = time.perf_counter()
     diverged = False
     try:
@@ -90,11 +95,11 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
                       time.perf_counter() - tick)
 
 
-def markdown(rows: list[CellResult], steps: int, n_samples: int) -> str:
-    """The results as a markdown table with the date and machine."""
+def markdown(rows: list[CellResult], steps: int, n_samples: int, setup: str = "") -> str:
+    """The results as a markdown table with the date, machine and ``setup`` (what differs from the preset)."""
     lines = [
-        f"Table 2 in miniature: digits, {steps} training steps per cell, {n_samples} ancestral samples (T = 1000), "
-        f"{machine_line()}",
+        f"Table 2 in miniature: digits, {steps} training steps per cell, {n_samples} ancestral samples (T = 1000)"
+        f"{', ' + setup if setup else ''}; {machine_line()}",
         "",
         "| objective | test NLL (bits/dim) | Fréchet distance (real vs real) | classifier score (real) | "
         "confidence | diverged |",
@@ -117,15 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema-decay", type=float, help="EMA decay (default: the preset's 0.999, which needs several "
                                                     "thousand steps: after N steps the initial weights keep 0.999^N)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="weights evaluated (default ema)")
+    p.add_argument("--t-sampler", choices=T_SAMPLERS, default="uniform",
+                   help="how the cells trained on L draw t (default uniform, Algorithm 1)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [CELLS[int(i) - 1] for i in args.cells.split(",")] if args.cells else CELLS
     rows = []
     for label, *kinds in chosen:
-        rows.append(run_cell(out, label, *kinds, args.steps, args.samples, args.seed, args.ema_decay, args.weights))
+        rows.append(run_cell(out, label, *kinds, args.steps, args.samples, args.seed, args.ema_decay, args.weights,
+                             args.t_sampler))
         print(f"{label}: {asdict(rows[-1])}", flush=True)
-    table = markdown(rows, args.steps, args.samples)
+    setup = ", ".join(x for x in (f"EMA decay {args.ema_decay}" if args.ema_decay is not None else "",
+                                  f"t for L drawn {args.t_sampler}" if args.t_sampler != "uniform" else "") if x)
+    table = markdown(rows, args.steps, args.samples, setup)
     (out / "table2.md").write_text(table + "\n")
     (out / "table2.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     print(table)
