@@ -1,4 +1,5 @@
-"""ddpm progressive (Figs. 6-7) and interpolate (Fig. 8): shapes, PNG sizes, per-row seeds; --help of every command."""
+"""ddpm progressive (Figs. 6-7) and interpolate (Fig. 8): shapes, PNG sizes, per-row seeds; --help of every command;
+the report's plots (the column's width, titled panels) and figure markup."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import torch
 
 from _eval_tiny import make_checkpoint, one_thread, png_size  # noqa: F401 (autouse fixture)
 from ddpm.cli import build_parser, main
+from ddpm.evaluation import figures
+from ddpm.evaluation.figures import plot_loss_curve, plot_rate_distortion
 from ddpm.evaluation.interpolation import choose_pairs, default_t, lambda_grid
 from ddpm.evaluation.progressive import evenly_spaced_times, progressive_x0, quarter_times
+from ddpm.evaluation.report import COLUMN_PX, Figure, write_report
+from ddpm.images import save_image_grid
 from ddpm.loading import load_model
 from ddpm.schedules import spaced_steps
 
@@ -86,3 +91,32 @@ def test_interpolate_command(ckpt, tmp_path):
         assert z["lambdas"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert png_size(out / "interpolation.png") == ((7 * 9 + 1) * 8, (2 * 9 + 1) * 8)  # 2 rows of 7 tiles
     assert json.loads((out / "interpolation.json").read_text())["pairs"] == [[0, 5]]
+
+
+def test_report_plots_are_the_column_wide_and_the_rate_distortion_panels_titled(tmp_path, monkeypatch):
+    drawn, close = [], figures.plt.close
+    monkeypatch.setattr(figures.plt, "close", drawn.append)  # keep the figures to read their titles
+    t = list(range(1, 21))
+    rd = plot_rate_distortion(tmp_path / "rd.png", t, [1 / v for v in t], [100 - v for v in t], 20)
+    assert [ax.get_title()[:3] for ax in drawn[0].axes] == ["(a)", "(b)", "(c)"]
+    width, height = png_size(rd)
+    assert width == COLUMN_PX and 300 <= height < width / 2  # three panels side by side, tall enough to read
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,loss_t_q1,loss_t_q2,loss_t_q3,loss_t_q4\n50,1,2,1,.5,.2\n100,.5,1,.5,.2,.1\n")
+    assert png_size(plot_loss_curve(tmp_path / "loss.png", log))[0] == COLUMN_PX
+    for fig in drawn:
+        close(fig)
+
+
+def test_report_figure_markup(tmp_path):
+    grid = save_image_grid(tmp_path / "grid.png", np.zeros((4, 8, 8, 1), np.uint8), nrow=2, scale=3)  # 19 px × 3
+    page = write_report(tmp_path / "r.html", "t", [("a", "1")], [Figure(grid.name, "as before"),  # positional, default
+                                                                  Figure(grid.name, "pixel art", "pixels", 3)])
+    text = page.read_text()
+    assert 'name="viewport"' in text and "http" not in text  # self-contained, sized for phones
+    assert '<figure class="card">' in text and text.count('width="57" height="57"') == 2
+    assert 'style="--w: 19px; --s: 3"' in text  # drawn (57 / 3) × k px wide, k ≥ 3
+    with pytest.raises(ValueError, match="not made of 2×2 pixels"):
+        write_report(tmp_path / "r.html", "t", [], [Figure(grid.name, "odd", "pixels", 2)])
+    with pytest.raises(ValueError, match="layout"):
+        Figure(grid.name, "x", "thumbnail")

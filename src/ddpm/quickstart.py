@@ -26,7 +26,7 @@ from .evaluation.figures import SamplerRun, plot_loss_curve, plot_rate_distortio
 from .evaluation.nll import BoundTotals, bound_totals
 from .evaluation.progressive import evenly_spaced_times, progressive_x0
 from .evaluation.rate_distortion import rate_distortion_curve
-from .evaluation.report import Figure, write_report
+from .evaluation.report import PIXEL_ART_SCALE, Figure, write_report
 from .images import save_image_grid, to_display_uint8
 from .outputs import OutputDir, OutputError, check_output_dir, safe_name, write_npz, write_text
 from .processes import DEFAULT_DEVICE, check_device, machine_info
@@ -199,28 +199,33 @@ def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_an
     strip = progressive_x0(net, diffusion, tuple(x_anc.shape[1:]), at, options.seed, range(8), device=device).cpu()
     points = rate_distortion_curve(totals)
     name = safe_name(options.sampler)
+
+    def grid(name: str, images: torch.Tensor, caption: str, nrow: int | None = None) -> Figure:
+        # saved PIXEL_ART_SCALE× (a phone's size); the page enlarges it further on wider windows
+        png = save_image_grid(out / name, to_display_uint8(images), nrow=nrow, scale=PIXEL_ART_SCALE)
+        return Figure(png.name, caption, "pixels", PIXEL_ART_SCALE)
+
     figures = [
-        Figure(save_image_grid(out / "samples_ancestral.png", to_display_uint8(x_anc[:100]), nrow=10).name,
-               f"Algorithm 2 (ancestral, {diffusion.T} steps): 100 of {len(x_anc)} samples from the EMA weights"),
-        Figure(save_image_grid(out / f"samples_{name}.png", to_display_uint8(x_few[:100]), nrow=10).name,
-               f"{options.sampler}, {options.sampler_steps} {options.spacing}-spaced steps, the same per-sample "
-               "seeds"),
-        Figure(save_image_grid(out / "real_test.png", to_display_uint8(x_test), nrow=10).name,
-               "Real test digits, for comparison"),
-        Figure(save_image_grid(out / "progressive.png", to_display_uint8(strip)).name,
-            "Progressive generation (Fig. 6): x̂₀ predicted at t = " + ", ".join(map(str, at)) + "; a row per sample"),
+        grid("samples_ancestral.png", x_anc[:100],
+             f"Algorithm 2 (ancestral, {diffusion.T} steps): {min(100, len(x_anc))} of {len(x_anc)} samples from the "
+             "EMA weights", 10),
+        grid(f"samples_{name}.png", x_few[:100], f"{options.sampler}, {options.sampler_steps} "
+             f"{options.spacing}-spaced steps, the same per-sample seeds", 10),
+        grid("real_test.png", x_test, "Real test digits, for comparison", 10),
+        grid("progressive.png", strip,
+             "Progressive generation (Fig. 6): x̂₀ predicted at t = " + ", ".join(map(str, at)) + "; a row per sample"),
         Figure(plot_rate_distortion(out / "rate_distortion.png", [p.t for p in points],
                                     [p.rate_bits_per_dim for p in points], [p.rmse_0_255 for p in points],
                                     diffusion.T).name,
-               "Rate–distortion on the test split (Fig. 5): bits received so far and RMSE of x̂₀"),
+               "Rate–distortion on the test split (Fig. 5): bits received so far and RMSE of x̂₀", "wide"),
     ]
     if comparison:
         runs = [SamplerRun(c["sampler"], c["steps"], c["fd"], c["spacing"]) for c in comparison]
         figures.append(Figure(plot_sampler_comparison(out / "samplers.png", runs, SamplerRun(
             "ancestral", diffusion.T, q_anc["fd"]), q_anc["fd_real_vs_real"]).name,
-            f"Sample quality against network evaluations ({options.n_samples} samples each, the same seeds)"))
+            f"Sample quality against network evaluations ({options.n_samples} samples each, the same seeds)", "wide"))
     figures.append(Figure(plot_loss_curve(out / "loss.png", out / "run" / "log.csv").name,
-                          "Training loss (L_simple), overall and by quartile of t"))
+                          "Training loss (L_simple), overall and by quartile of t", "wide"))
     return figures
 
 

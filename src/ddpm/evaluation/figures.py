@@ -14,6 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..outputs import atomic_file  # noqa: E402
+from .report import COLUMN_PX  # noqa: E402
+
+DPI = 110  # PNG pixels per inch: 10 pt text is about 15 px high
+
+
+def _column_figsize(height_px: int) -> tuple[float, float]:
+    """A figure size (inches) whose PNG is exactly the report's column wide and ``height_px`` high."""
+    return COLUMN_PX / DPI, height_px / DPI
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -21,7 +29,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
     try:
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=DPI)
     finally:
         plt.close(fig)
     return path
@@ -47,15 +55,17 @@ def plot_bound_terms(path: str | Path, t: Sequence[int], term_bits_per_dim: Sequ
 
 def plot_rate_distortion(path: str | Path, t: Sequence[int], rate_bits_per_dim: Sequence[float],
                          rmse_0_255: Sequence[float], T: int) -> Path:
-    """Fig. 5's three panels: distortion and rate against reverse-process steps T − t, distortion against rate."""
+    """Fig. 5's three panels, the report's column wide: (a) distortion and (b) rate against reverse-process steps
+    T − t, (c) distortion against rate."""
     steps = [T - v for v in t]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=_column_figsize(440))
     axes[0].plot(steps, rmse_0_255, marker=".", ms=3)
-    axes[0].set(xlabel="reverse process steps (T − t)", ylabel="distortion (RMSE [0, 255])")
+    axes[0].set(xlabel="reverse process steps (T − t)", ylabel="distortion (RMSE [0, 255])",
+                title="(a) distortion against steps")
     axes[1].plot(steps, rate_bits_per_dim, marker=".", ms=3)
-    axes[1].set(xlabel="reverse process steps (T − t)", ylabel="rate (bits/dim)")
+    axes[1].set(xlabel="reverse process steps (T − t)", ylabel="rate (bits/dim)", title="(b) rate against steps")
     axes[2].plot(rate_bits_per_dim, rmse_0_255, marker=".", ms=3)
-    axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE [0, 255])")
+    axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE [0, 255])", title="(c) distortion against rate")
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -88,17 +98,17 @@ def read_log(path: str | Path) -> list[dict[str, float]]:
 
 
 def plot_loss_curve(path: str | Path, log_csv: str | Path) -> Path:
-    """Training loss against step, overall and by quartile of t."""
+    """Training loss against step, overall and by quartile of t, the report's column wide."""
     rows = read_log(log_csv)
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["loss"] for r in rows], color="black", lw=2, label="all t")
+    fig, ax = plt.subplots(figsize=_column_figsize(400))
+    marker = "o" if len(rows) < 10 else None  # a short log's few points stay visible
+    ax.plot(steps, [r["loss"] for r in rows], color="black", lw=2, marker=marker, label="all t")
     for q in range(1, 5):
-        ax.plot(steps, [r[f"loss_t_q{q}"] for r in rows], lw=1, label=f"t in quartile {q}")
+        ax.plot(steps, [r[f"loss_t_q{q}"] for r in rows], lw=1, marker=marker, label=f"t in quartile {q}")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="step", ylabel="loss")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside the curves, never on them
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -117,7 +127,7 @@ def plot_sampler_comparison(path: str | Path, runs: Sequence[SamplerRun], refere
                             fd_real_vs_real: float) -> Path:
     """Fréchet distance against network evaluations, a line per sampler; ``reference`` (e.g. Algorithm 2 on all T
     steps) and real-vs-real as levels."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=_column_figsize(520))
     if reference is not None:
         ax.axhline(reference.fd, color="black", linestyle="--",
                    label=f"{reference.sampler}, {reference.steps} steps ({reference.fd:.2f})")
