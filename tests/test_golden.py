@@ -25,15 +25,16 @@ from ddpm.train import train
 from ddpm.train.trainer import batch_indices
 
 # the trainer's tiny U-Net (tests/test_train.py), with dropout and flips so that their streams are pinned too
-TRAIN = dict(base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8, T=50, batch_size=16,
-             warmup_steps=5, log_every=3, sample_every=0, checkpoint_every=3, total_steps=3, ema_decay=0.9,
-             dropout=0.1, random_flip=True, seed=3)
+# (the network and EMA as the preset had them when these values were pinned: the guard is of the seed rule alone)
+TRAIN = dict(base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8, num_res_blocks=2, T=50,
+             batch_size=16, warmup_steps=5, log_every=3, sample_every=0, checkpoint_every=3, total_steps=3,
+             ema_decay=0.9, ema_warmup_power=None, dropout=0.1, random_flip=True, seed=3)
 REL = 1e-5  # float sums, not bits: a different seed rule moves them by far more
 
 
 def _tiny_model(T: int = 20) -> tuple[torch.nn.Module, GaussianDiffusion]:
     cfg = override(preset("digits"), base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8,
-                   T=T, beta_end=0.2)
+                   num_res_blocks=2, T=T, beta_end=0.2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the test's own weights, not a project seed rule
         net = build_model(cfg.model).eval()
