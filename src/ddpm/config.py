@@ -579,17 +579,6 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=1500,
                           log_every=50, sample_every=0, checkpoint_every=500),
     ),
-    # the digits trained for bits/dim (issue 14): learned-range Σ, the cosine schedule and dropout against the
-    # small training set's overfitting (Nichol & Dhariwal 2021, Sec. 3); about 20 minutes on 2 cores
-    "digits-nll": RunConfig(
-        name="digits-nll",
-        model=UNetConfig(image_size=8, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                         attn_resolutions=(4,), dropout=0.1, num_groups=8),
-        diffusion=DiffusionConfig(schedule="cosine", var_type="learned_range", loss_type="hybrid", levels=17),
-        data=DataConfig(dataset="digits", random_flip=False),
-        train=TrainConfig(lr=1e-3, batch_size=128, warmup_steps=100, ema_decay=0.999, total_steps=4000,
-                          log_every=50, sample_every=0, checkpoint_every=1000),
-    ),
     "toy2d": RunConfig(
         name="toy2d",
         model=MLPConfig(),
