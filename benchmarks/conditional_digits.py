@@ -1,6 +1,6 @@
 """Class-conditional digits with classifier-free guidance: does guidance make the requested digit, at what cost?
 
-    python benchmarks/conditional_digits.py --out runs/conditional [--steps 2500] [--per-class 50]
+    python benchmarks/conditional_digits.py --out runs/conditional [--steps N] [--per-class 50]
     python benchmarks/conditional_digits.py --out runs/conditional-quick --quick     # a smoke test (~1-2 min)
 
 Trains the `digits` preset class-conditionally (model.num_classes = 10, train.label_dropout = 0.1) and, with the
@@ -132,7 +132,8 @@ def grid(path: Path, per_w: list[torch.Tensor], per_class: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for the runs, the table and the grid")
-    p.add_argument("--steps", type=int, default=2500, help="training steps per model (default: the preset's 2500)")
+    p.add_argument("--steps", type=int, default=preset("digits").train.total_steps,
+                   help="training steps per model (default: the digits preset's)")
     p.add_argument("--per-class", type=int, default=50, help="samples of each digit per w (default 50)")
     p.add_argument("--guidance", default="0,0.5,1,2,4", help="guidance weights w (comma-separated)")
     p.add_argument("--sampler", default="ancestral", help="a sampler of ddpm.sampling.SAMPLERS (default ancestral)")

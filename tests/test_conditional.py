@@ -61,6 +61,15 @@ def test_bad_values_name_the_option(changes, match):
         override(preset("digits"), **changes)
 
 
+def test_an_unconditional_models_hash_is_the_one_before_class_conditioning(tmp_path):
+    """Compressed files and Γ estimates name their model by this hash: num_classes=None must not change it."""
+    from _eval_tiny import make_checkpoint
+    from ddpm.compression import model_hash
+
+    # computed with the code before model.num_classes existed (main at 040b28e)
+    assert model_hash(load_model(make_checkpoint(tmp_path / "ck"))).hex() == "7e773026a225451938d94579049963f3"
+
+
 # --- training -----------------------------------------------------------------------------------------------
 
 def test_label_dropout_rate_of_the_trainer(tmp_path, monkeypatch):
