@@ -317,3 +317,72 @@ def test_export_rejects_inconsistent_configs(tmp_path: Path) -> None:
         save_diffusers(tmp_path, cfg, DiffusionConfig(mean_type="mu", loss_type="mu_mse"), state)
     with pytest.raises(DiffusersFormatError, match="attn_resolutions"):
         save_diffusers(tmp_path, replace(cfg, attn_resolutions=(3,)), DiffusionConfig(), state)
+
+
+# --- class-conditional models: num_class_embeds ----------------------------------------------------------------
+
+def test_conditional_import_matches_diffusers_with_class_labels_and_round_trips(tmp_path: Path) -> None:
+    config = {**SMALL256_CONFIG, "num_class_embeds": 11}  # 10 classes and the "no class" row 10
+    model = _diffusers_unet(config, seed=4)
+    model.save_pretrained(tmp_path / "src" / "unet")
+    diffusers.DDPMScheduler().save_config(tmp_path / "src" / "scheduler")
+    with pytest.raises(DiffusersFormatError, match=r"num_class_embeds=11: ddpm reads its last row as the 'no class' "
+                                                   r"input .* \{\"classes\": \{\"num_classes\": 10\}\}"):
+        load_diffusers(tmp_path / "src")
+    (tmp_path / "src" / "ddpm.json").write_text(json.dumps({"classes": {"num_classes": 10}}))
+    imported = load_diffusers(tmp_path / "src")
+    assert imported.model.num_classes == 10 and imported.class_names is None
+    ours = UNet(imported.model).eval()
+    ours.load_state_dict(imported.state_dict)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 64, 64, generator=gen)
+    t = torch.tensor([0, 999, 321, 500])
+    y = torch.tensor([0, 9, 10, 4])
+    with torch.no_grad():
+        a, b = ours(x, t, y=y), model(x, t, class_labels=y).sample
+        other = ours(x, t, y=torch.tensor([1, 2, 3, 5]))
+    assert b.abs().max() > 0.05 and (a - other).abs().max() > 1e-3  # the labels matter
+    assert (a - b).abs().max().item() < 1e-5
+    names = tuple(f"class {k}" for k in range(10))
+    out = save_diffusers(tmp_path / "out", imported.model, imported.diffusion, imported.state_dict,
+                         class_names=names, label_dropout=0.2)
+    again = load_diffusers(out)
+    assert again.model == imported.model and again.class_names == names and again.label_dropout == 0.2
+    assert again.state_dict.keys() == imported.state_dict.keys()
+    assert all(torch.equal(again.state_dict[k], v) for k, v in imported.state_dict.items())
+    theirs = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet").eval()
+    assert theirs.config.num_class_embeds == 11
+    with torch.no_grad():
+        assert torch.equal(theirs(x, t, class_labels=y).sample, b)
+
+
+def test_conditional_checkpoint_converts_both_ways_with_its_class_names(tmp_path: Path) -> None:
+    from ddpm.checkpoint import save_model
+    from ddpm.config import override, preset
+    from ddpm.interop.convert import from_diffusers, to_diffusers
+    from ddpm.loading import load_model
+
+    cfg = override(preset("digits"), base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8,
+                   num_classes=3, label_dropout=0.0)
+    torch.manual_seed(0)
+    state = UNet(cfg.model).state_dict()
+    ck = save_model(tmp_path / "ck", cfg.to_dict(), state, extra={"class_names": ["cat", "dog", "emu"]})
+    exported = to_diffusers(ck, tmp_path / "pipe")
+    back = load_model(from_diffusers(exported, tmp_path / "back"))
+    assert back.class_names == ("cat", "dog", "emu") and back.num_classes == 3 and not back.null_class_trained
+    assert all(torch.equal(back.net.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"classes": {"num_classes": 9}}, r"must confirm with"),
+    ({"classes": {"num_classes": 10, "class_names": ["a"] * 10}}, r"must list 10 distinct names"),
+    ({"classes": {"num_classes": 10, "label_dropout": 2}}, r"label_dropout' must be a number in \[0, 1\]"),
+    ({"classes": {"num_classes": 10, "colour": 1}}, r"unknown fields \['colour'\]"),
+])
+def test_conditional_import_checks_its_classes_section(tmp_path: Path, extra: dict, match: str) -> None:
+    model = _diffusers_unet({**SMALL256_CONFIG, "num_class_embeds": 11}, seed=5)
+    model.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler().save_config(tmp_path / "scheduler")
+    (tmp_path / "ddpm.json").write_text(json.dumps(extra))
+    with pytest.raises(DiffusersFormatError, match=match):
+        load_diffusers(tmp_path)

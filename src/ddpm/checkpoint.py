@@ -97,15 +97,15 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int | None = No
 
 
 def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor],
-               overwrite: bool = False) -> Path:
-    """Atomically write a model-only checkpoint directory at ``path`` (step 0, no optimizer).
+               overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write a model-only checkpoint directory at ``path`` (step 0, no optimizer, ``extra`` metadata).
 
     An existing non-empty ``path`` (a training run, say) is refused unless ``overwrite``, which replaces it.
     """
     path = check_output_dir(path, "convert", overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(path.parent, only_name=path.name)
-    return _write_checkpoint_dir(path, Checkpoint(step=0, config=config, model=model_state))
+    return _write_checkpoint_dir(path, Checkpoint(step=0, config=config, model=model_state, extra=extra or {}))
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:

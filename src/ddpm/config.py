@@ -119,6 +119,7 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)       # resolutions that get self-attention
     dropout: float = 0.1                            # dropout inside residual blocks
     num_groups: int = 32                            # GroupNorm groups
+    num_classes: int | None = None                  # K classes (index K: "no class"); None: unconditional
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -140,6 +141,11 @@ class MLPConfig:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one x_t: (dim,)."""
         return (self.dim,)
+
+    @property
+    def num_classes(self) -> None:
+        """The toy MLP is unconditional (no data it trains on has labels)."""
+        return None
 
 
 ModelConfig = UNetConfig | MLPConfig
@@ -203,6 +209,7 @@ class TrainConfig:
     compile: bool = False               # torch.compile the network
     t_sampler: TSamplerName = "uniform"  # t uniform (Algorithm 1), or by importance, loss weighted 1/(T·p_t)
     nonfinite_policy: Literal["stop", "skip"] = "stop"  # what a NaN/Inf loss or gradient does
+    label_dropout: float = 0.1          # P(label → "no class") per example: one network for p(x|c) and p(x)
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,8 @@ def _check_values(cfg: RunConfig) -> None:
         for mult in m.channel_mults:
             check_int("model.channel_mults", mult, 1)
         check_float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)  # p = 1 drops everything
+        if m.num_classes is not None:
+            check_int("model.num_classes", m.num_classes, 1)
     else:
         for name in ("dim", "hidden", "depth"):  # depth 0 would leave the step out of the network entirely
             check_int(f"model.{name}", getattr(m, name), 1)
@@ -295,6 +304,8 @@ def _check_values(cfg: RunConfig) -> None:
     check_int("train.checkpoint_every", t.checkpoint_every, 1)
     check_int("train.keep_checkpoints", t.keep_checkpoints, 1)
     check_int("train.num_workers", t.num_workers, 0)
+    # 0: the "no class" embedding never trains (no unconditional use); 1: every label dropped (an unconditional model)
+    check_float("train.label_dropout", t.label_dropout, 0.0, 1.0)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -411,7 +422,9 @@ def migrate(d: Any) -> Any:
     Before ddpm 0.2 the image size and channels were stored on both the model and the data, and the network's
     learned Σ on both the model (``learn_sigma``) and the diffusion (``var_type``); a stored pair that disagrees
     was never a valid run, and is refused naming both fields. Before the EMA warmed up (ddpm 0.3) its decay was
-    constant: a stored train section without ``ema_warmup_power`` trained with none.
+    constant: a stored train section without ``ema_warmup_power`` trained with none. A config from before
+    class-conditional models (no ``model.num_classes``, no ``train.label_dropout``) is unconditional: its
+    ``num_classes`` stays None, and ``label_dropout``, which an unconditional run never reads, takes the default.
     """
     if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "data", "diffusion")):
         return d  # from_dict names what is wrong with it
@@ -440,6 +453,8 @@ def migrate(d: Any) -> Any:
     migrated = {**d, **{k: v for k, v in sections.items() if k in d}}
     if isinstance(d.get("train"), dict) and "ema_warmup_power" not in d["train"]:
         migrated["train"] = {**d["train"], "ema_warmup_power": None}
+    if isinstance(d.get("train"), dict) and "label_dropout" not in d["train"]:
+        migrated["train"] = {**migrated["train"], "label_dropout": TrainConfig.label_dropout}
     return migrated
 
 
@@ -498,6 +513,9 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
         if name in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule]:
             raise ConfigError(f"{given['diffusion', name]} is not used by diffusion.schedule={schedule!r}, which "
                               f"takes {', '.join(SCHEDULE_PARAMETERS[schedule]) or 'no β parameter'}")
+    if "label_dropout" in updates["train"] and new_sections["model"].num_classes is None:
+        raise ConfigError(f"{given['train', 'label_dropout']} applies to class-conditional models only: set "
+                          "model.num_classes too")
     return RunConfig(name=top.get("name", cfg.name), **new_sections)
 
 

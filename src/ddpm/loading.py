@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 Weights = Literal["ema", "model"]  # the EMA weights (what the paper evaluates) or the raw ones
 _FLOATS = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names a float32 network can load
 _SHOWN = 5  # problems listed per kind in an error message (one line, however many there are)
+CLASS_NAMES_KEY = "class_names"  # a class-conditional checkpoint's class names, in its extra metadata
 
 
 @dataclass
@@ -40,9 +41,27 @@ class LoadedModel:
     step: int
     weights: str  # "ema" or "model"
     bf16: bool = False  # run the network (only) under bfloat16 autocast
+    class_names: tuple[str, ...] | None = None  # a class-conditional model's K names, if its checkpoint has them
 
-    def __call__(self, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        return (in_bfloat16(self.net) if self.bf16 else self.net)(x_t, steps)
+    def __call__(self, x_t: torch.Tensor, steps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output; ``y`` (B,) are class labels of a class-conditional model (None: no class)."""
+        if self.num_classes is not None and not self.null_class_trained:
+            if y is None or bool((y == self.num_classes).any()):
+                raise ConfigError("this model was trained with train.label_dropout=0, so its 'no class' input never "
+                                  "learned p(x): unconditional samples and guidance are meaningless; give a class "
+                                  "(--class) and --guidance 0")
+        net = in_bfloat16(self.net) if self.bf16 else self.net
+        return net(x_t, steps) if y is None else net(x_t, steps, y=y)
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional model (its "no class" input is index K), None for an unconditional one."""
+        return self.config.model.num_classes
+
+    @property
+    def null_class_trained(self) -> bool:
+        """Whether label dropout trained the "no class" input, i.e. whether the model knows p(x) too."""
+        return self.config.train.label_dropout > 0
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -76,7 +95,25 @@ def load_model(path: str | Path, weights: Weights = "ema", device: str | torch.d
     state = ckpt.ema if used == "ema" else ckpt.model
     assert state is not None  # "ema" is used only when the checkpoint lists ema.safetensors
     net = materialize(cfg, net, state, str(file), device)
-    return LoadedModel(net.eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, ckpt.step, used)
+    names = stored_class_names(ckpt.extra, cfg, info.path / META)
+    return LoadedModel(net.eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, ckpt.step, used,
+                       class_names=names)
+
+
+def stored_class_names(extra: Mapping[str, Any], cfg: RunConfig, where: Path) -> tuple[str, ...] | None:
+    """The class names a checkpoint's extra metadata holds (None if none: classes are then "0".."K−1")."""
+    K = cfg.model.num_classes
+    names = extra.get(CLASS_NAMES_KEY)
+    if K is None:
+        if names is not None:
+            raise CheckpointError(f"{where}: class names are stored, but model.num_classes is None")
+        return None
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != K or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != K:
+        raise CheckpointError(f"{where}: extra.{CLASS_NAMES_KEY} must list model.num_classes={K} distinct names")
+    return tuple(names)
 
 
 def _check_activation_sizes(cfg: RunConfig, where: Path) -> None:

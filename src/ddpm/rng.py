@@ -44,7 +44,8 @@ Purpose = Literal[
     "classifier",       # the digits classifier: weights, data order and shifts
     "digits-reference",  # the reference images drawn by the digits metric
     "inception-score",  # the split permutation inside torchmetrics' Inception Score
-]
+    "label-dropout",    # which labels of a training step's global batch become "no class": index (step,)
+]  # new purposes go last: a purpose's position is part of every seed (seed_for)
 PURPOSES: tuple[str, ...] = get_args(Purpose)
 _MAX_INDEX = 2**64 - 1  # an index is encoded in 8 bytes
 

@@ -100,7 +100,8 @@ def run_nll_cmd(args: argparse.Namespace) -> int:
 
     r = run_nll(common_options(args), build(NLLOptions, args))
     if r is not None:
-        print(f"NLL {r.nll_bits_per_dim:.4f} ± {r.nll_stderr_bits_per_dim:.4f} bits/dim on {r.n_images} "
+        print(f"{'conditional NLL (each image under its own label)' if r.conditional else 'NLL'} "
+              f"{r.nll_bits_per_dim:.4f} ± {r.nll_stderr_bits_per_dim:.4f} bits/dim on {r.n_images} "
               f"{r.split} images (L_T {r.prior_bits_per_dim:.3e}, rate L_1..L_T {r.rate_bits_per_dim:.4f}, "
               f"distortion L_0 {r.distortion_bits_per_dim:.4f}) -> {args.out}/nll.json")
     return 0
@@ -150,8 +151,12 @@ SAMPLE_HELP = {
     "spacing": "which of the T steps a shorter chain uses: uniform, quadratic (denser near t = 1) or logsnr "
                "(uniform in log-SNR)",
     "eta": "DDIM η >= 0; 0 is deterministic",
-    "grid": "samples shown in the PNG",
+    "grid": "samples shown in the PNG (with --class all: one row per class, grid/K of each)",
     "name": "file stem",
+    "classes": Flag("a class-conditional model's class, by name or index, or 'all' (--n of each class, one PNG "
+                    "row per class); without it the model's 'no class' input samples p(x)", names=("--class",)),
+    "guidance": "classifier-free guidance weight w: (1 + w)·eps(x, c) − w·eps(x, no class); 0 is the conditional "
+                "model",
     **_CLIP,
 }
 

@@ -126,6 +126,8 @@ def model_hash(model: LoadedModel) -> bytes:
     # the model section as ddpm 0.1 stored it (learn_sigma beside the architecture), so that a file compressed
     # before learn_sigma lived on the diffusion alone still names the same model
     legacy_model = {**config["model"], "learn_sigma": model.config.diffusion.learn_sigma}
+    if legacy_model.get("num_classes", 0) is None:
+        del legacy_model["num_classes"]  # unconditional: the hash of a model from before class conditioning
     h.update(json.dumps({"diffusion": config["diffusion"], "model": legacy_model}, sort_keys=True).encode())
     for name, tensor in sorted(model.net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

@@ -54,14 +54,17 @@ class ArrayImageDataset(Dataset[Tensor]):
     """Images held in memory as uint8 levels (N, C, H, W); items are float32 (C, H, W) in [-1, 1]."""
 
     def __init__(self, images: np.ndarray | Tensor, levels: int, labels: np.ndarray | None = None,
-                 source: str = "") -> None:
+                 source: str = "", class_names: tuple[str, ...] | None = None) -> None:
         self.levels = check_levels(levels)
         self.images = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.uint8)
         if self.images.ndim != 4:
             raise DataError(f"{source}: expected images (N, C, H, W), got shape {tuple(self.images.shape)}")
         if self.images.numel() and int(self.images.max()) >= self.levels:
             raise DataError(f"{source}: pixel values exceed the {levels} levels")
-        self.labels = labels
+        if labels is not None and np.shape(labels) != (self.images.shape[0],):
+            raise DataError(f"{source}: {self.images.shape[0]} images but labels of shape {np.shape(labels)}")
+        self.labels = labels              # (N,) class indices, or None (ddpm.data.labels)
+        self.class_names = class_names    # the classes' names in index order, or None when the source has none
         self.source = source
 
     def __len__(self) -> int:
@@ -77,6 +80,9 @@ class ArrayImageDataset(Dataset[Tensor]):
 
 class PointDataset(Dataset[Tensor]):
     """Points held in memory (N, D) float32; items are (D,) tensors."""
+
+    labels = None
+    no_labels = "2-D toy points carry no class labels"
 
     def __init__(self, points: Tensor, source: str = "") -> None:
         self.points = points.to(torch.float32).contiguous()

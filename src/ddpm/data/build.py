@@ -16,6 +16,7 @@ from .decode import Check
 from .digits import digits_dataset
 from .errors import DataError
 from .folder import ImageFolderDataset
+from .labels import CIFAR10_CLASSES
 from .levels import check_levels, requantize
 from .lsun import LMDBImageDataset
 from .npz import load_npz
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def _array_dataset(images: np.ndarray, labels: np.ndarray | None, channels: int, size: int, levels: int,
-                   source: str) -> ArrayImageDataset:
+                   source: str, class_names: tuple[str, ...] | None = None) -> ArrayImageDataset:
     """8-bit images (N, H, W, C) fitted to (channels, size, size) (channels, crop, resize) and requantized."""
     fitted = fit_array_images(images, size, channels, source)
-    return ArrayImageDataset(requantize(fitted, 256, levels), levels, labels, source)
+    return ArrayImageDataset(requantize(fitted, 256, levels), levels, labels, source, class_names)
 
 
 def _need_path(cfg: DataConfig, what: str) -> str:
@@ -75,10 +76,10 @@ def build_dataset(cfg: DataConfig, shape: tuple[int, ...], split: Literal["train
         ds = digits_dataset(split, levels, size, channels, cfg.held_out_fraction, cfg.split_seed)
     elif cfg.dataset == "cifar10":
         images, labels, src = load_cifar10(cfg.path, split, cfg.download)
-        ds = _array_dataset(images, labels, channels, size, levels, str(src))
+        ds = _array_dataset(images, labels, channels, size, levels, str(src), CIFAR10_CLASSES)
     elif cfg.dataset == "npz":
-        images, labels_, where = load_npz(cfg.path, split, cfg.held_out_fraction, cfg.split_seed)
-        ds = _array_dataset(images, labels_, channels, size, levels, where)
+        images, labels_, names, where = load_npz(cfg.path, split, cfg.held_out_fraction, cfg.split_seed)
+        ds = _array_dataset(images, labels_, channels, size, levels, where, names)
     elif cfg.dataset == "folder":
         ds = ImageFolderDataset(_need_path(cfg, "a folder of images"), size, channels, levels,
                                 split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)

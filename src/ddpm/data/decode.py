@@ -126,6 +126,9 @@ class EncodedImageDataset(Dataset[Tensor]):
     """
 
     names: Sequence[str]
+    labels: np.ndarray | None = None            # class labels, for sources that have them (ddpm.data.labels)
+    class_names: tuple[str, ...] | None = None
+    no_labels: str = "its source holds no class labels"
 
     def __init__(self, image_size: int, channels: int, levels: int, source: str) -> None:
         check_image_config(image_size, channels, source)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..rng import numpy_rng
 from .base import ArrayImageDataset, check_image_config, check_split
 from .errors import DataError
+from .labels import DIGITS_CLASSES
 from .levels import check_levels, quantize_unit, requantize
 
 DIGITS_LEVELS = 17  # pixel values are integers 0..16
@@ -71,4 +72,5 @@ def digits_dataset(split: Literal["train", "test"], levels: int = DIGITS_LEVELS,
     images, labels = digits_arrays(check_split(split), held_out_fraction, split_seed)
     grey = _digit_levels(images, image_size, levels)[:, None]
     source = f"sklearn digits ({split})"
-    return ArrayImageDataset(np.repeat(grey, channels, axis=1), levels, labels, source=source)
+    return ArrayImageDataset(np.repeat(grey, channels, axis=1), levels, labels, source=source,
+                             class_names=DIGITS_CLASSES)

@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .base import held_out_indices
 from .decode import Check, EncodedImageDataset, ImageSource, validate_images
 from .errors import DataError
@@ -26,6 +28,23 @@ def list_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def folder_classes(root: Path, files: list[Path], names: list[str]
+                   ) -> tuple[tuple[str, ...] | None, np.ndarray | None, str]:
+    """(class names, labels of ``names``, why there are none) for the ImageFolder convention.
+
+    The classes are the first-level sub-folders holding any of ``files`` (every image of the folder, whatever
+    the split), so the train and test splits number the classes alike.
+    """
+    top = [p.relative_to(root).parts for p in files]
+    loose = [parts[0] for parts in top if len(parts) == 1]
+    if loose:
+        return None, None, f"{len(loose)} image(s) lie outside the class sub-folders, e.g. {loose[0]!r}"
+    classes = tuple(sorted({parts[0] for parts in top}))
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[Path(n).relative_to(root).parts[0]] for n in names], dtype=np.int64)
+    return classes, labels, ""
+
+
 class ImageFolderDataset(EncodedImageDataset):
     """Images of a folder (recursively), center-cropped to a square and resized to ``image_size``.
 
@@ -37,6 +56,10 @@ class ImageFolderDataset(EncodedImageDataset):
     ``skip_bad=True`` is logged (``logging.WARNING``) and left out. A file that passes the header check
     but fails to decode later raises DataError naming it in ``__getitem__`` (use ``check="decode"``
     to find such files up front).
+
+    Labels follow torchvision's ImageFolder convention: each first-level sub-folder is a class, the classes
+    sorted by name are indices 0..K−1 (``class_names``), and an image's label is the sub-folder it lies in
+    (at any depth). A folder with images outside every sub-folder, or with none, has no labels (``no_labels``).
     """
 
     def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
@@ -62,6 +85,7 @@ class ImageFolderDataset(EncodedImageDataset):
         if not good:
             raise DataError(f"{self.root}: no readable images in the {split} split")
         self.names = [paths[i] for i in good]
+        self.class_names, self.labels, self.no_labels = folder_classes(self.root, files, self.names)
 
     def source_of(self, i: int) -> ImageSource:
         """The path of item ``i``."""

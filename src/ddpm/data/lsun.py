@@ -77,6 +77,8 @@ def read_keys(env: Any, path: Path) -> tuple[bytes, np.ndarray]:
 class LMDBImageDataset(EncodedImageDataset):
     """Images stored as encoded bytes in an LMDB database (LSUN as distributed), decoded lazily.
 
+    An LSUN database is one category: it has no class labels.
+
     Keys are taken in LMDB order and split by ``held_out_indices``. Construction checks every image of
     the split like ``ImageFolderDataset`` (``check``, ``skip_bad``), which reads each value once: for
     the 3M-image LSUN bedroom set this takes a while. The dataset holds no environment (see
@@ -86,6 +88,7 @@ class LMDBImageDataset(EncodedImageDataset):
     def __init__(self, path: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
                  split: str = "train", held_out_fraction: float = 0.1, split_seed: int = 0,
                  skip_bad: bool = False, check: Check = "header") -> None:
+        self.no_labels = "an LMDB database (one LSUN category) holds no class labels"
         self.path = Path(path).expanduser()
         super().__init__(image_size, channels, levels, source=str(self.path))
         blob, offsets = read_keys(open_env(self.path), self.path)

@@ -1,4 +1,8 @@
-"""Images from an .npz file: uint8 (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}."""
+"""Images from an .npz file: uint8 (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}.
+
+Optional: integer ``labels`` (N,) (or ``train_labels``/``test_labels``) and ``class_names``, a 1-D array of K
+strings naming labels 0..K−1, for class-conditional models.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,23 @@ def _labels(f: Any, key: str, n: int, where: str) -> np.ndarray | None:
     return labels.astype(np.int64)
 
 
+MAX_CLASS_NAMES = 100_000  # a name per class: ImageNet-21k has ~21,800
+
+
+def _class_names(f: Any, where: str) -> tuple[str, ...] | None:
+    """The file's ``class_names`` (a 1-D array of distinct strings), or None when it has none."""
+    if "class_names" not in f.files:
+        return None
+    names = f["class_names"]
+    if names.dtype.kind != "U" or names.ndim != 1 or not 1 <= len(names) <= MAX_CLASS_NAMES:
+        raise DataError(f"{where}: key 'class_names': expected a 1-D array of 1..{MAX_CLASS_NAMES} strings, got "
+                        f"{names.dtype} {names.shape}")
+    out = tuple(str(n) for n in names)
+    if len(set(out)) != len(out):
+        raise DataError(f"{where}: key 'class_names' names a class twice")
+    return out
+
+
 def _choose_keys(files: list[str], split: str, where: str) -> tuple[str, str, bool]:
     """(images key, labels key, whether the file holds its own split)."""
     if "train_images" in files or "test_images" in files:
@@ -62,8 +83,8 @@ def _choose_keys(files: list[str], split: str, where: str) -> tuple[str, str, bo
 
 
 def load_npz(path: str | os.PathLike[str] | None, split: str, held_out_fraction: float,
-             split_seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Images (N, H, W, C) uint8, labels (N,) or None, and '<path>: key <key>' of one split of an .npz."""
+             split_seed: int) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None, str]:
+    """Images (N, H, W, C) uint8, labels (N,) or None, class names or None, '<path>: key <key>' of one split."""
     check_split(split)
     if path is None:
         raise DataError("dataset 'npz' needs data.path: an .npz file with uint8 'images'")
@@ -79,6 +100,7 @@ def load_npz(path: str | os.PathLike[str] | None, split: str, held_out_fraction:
             where = f"{p}: key {key!r}"
             images = as_nhwc(f[key], where)
             labels = _labels(f, labels_key, len(images), str(p)) if labels_key else None
+            names = _class_names(f, str(p))
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -86,4 +108,4 @@ def load_npz(path: str | os.PathLike[str] | None, split: str, held_out_fraction:
     if not own_split:
         idx = held_out_indices(len(images), split, held_out_fraction, split_seed, str(p))
         images, labels = images[idx], (labels[idx] if labels is not None else None)
-    return images, labels, where
+    return images, labels, names, where

@@ -5,6 +5,12 @@
 diffusion), the weights used, the number of training images, the seed and the sha256 of the tensor file. The
 tensor file is written first and the JSON last (both atomically), so a crash between the two leaves a JSON whose
 sha256 does not match: refused, never half-used. Both files come from anyone, so both are read bounded.
+
+A class-conditional model's file holds Γ of the conditional ε_θ(x_t, t, y), each training image with its own
+label, as ``gamma`` — what sampling a class and the conditional bound use (guided samplers too: Bao et al.'s
+theory covers w = 0, the conditional model, and no guided ε̃ has an optimal variance of its own) — and, when label
+dropout trained its "no class" input, Γ of ε_θ(x_t, t, ∅) as ``gamma_null``, for unconditional sampling. Both
+tables come from the same images and noise.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ..outputs import atomic_file, write_text
 from ..processes import DEFAULT_DEVICE, check_device, device_for
 from ..rng import GlobalNoise, generator
 from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
-from .common import DataChoice, batched, load_split, stack_items
+from .common import DataChoice, batched, check_model_classes, load_split, stack_items
 
 Tensor = torch.Tensor
 FORMAT = "ddpm-analytic-gamma"
@@ -43,19 +49,39 @@ def estimate_paths(checkpoint: str | Path, weights: str) -> tuple[Path, Path]:
     return ckpt.parent / f"{stem}.safetensors", ckpt.parent / f"{stem}.json"
 
 
-def write_estimate(checkpoint: str | Path, model: LoadedModel, gamma: Tensor, n_images: int, seed: int) -> Path:
-    """Store Γ beside the checkpoint (tensor file, then the JSON naming its sha256); returns the JSON path."""
+def gamma_tables(model: LoadedModel) -> tuple[str, ...]:
+    """The Γ tables stored for ``model``: "gamma", and "gamma_null" for a class-conditional model that knows p(x)."""
+    return ("gamma", "gamma_null") if model.num_classes is not None and model.null_class_trained else ("gamma",)
+
+
+def table_for(model: LoadedModel, conditional: bool) -> str:
+    """The table a chain uses: the class-conditional Γ with class labels, the "no class" Γ without."""
+    return "gamma_null" if model.num_classes is not None and not conditional else "gamma"
+
+
+def write_estimate(checkpoint: str | Path, model: LoadedModel, gamma: Tensor | dict[str, Tensor], n_images: int,
+                   seed: int) -> Path:
+    """Store Γ (or the tables of ``gamma_tables``) beside the checkpoint (tensor file, then the JSON naming its
+    sha256); returns the JSON path."""
+    tables = gamma if isinstance(gamma, dict) else {"gamma": gamma}
+    if tuple(tables) != gamma_tables(model):
+        raise ValueError(f"the estimate of this model holds the tables {gamma_tables(model)}, got {tuple(tables)}")
+    gamma = tables["gamma"]
     tensor_path, json_path = estimate_paths(checkpoint, model.weights)
     with atomic_file(tensor_path) as tmp:
-        save_safetensors({"gamma": gamma.double().contiguous().cpu()}, tmp)
+        save_safetensors({k: v.double().contiguous().cpu() for k, v in tables.items()}, tmp)
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     record = {"format": FORMAT, "version": VERSION, "model_hash": model_hash(model).hex(), "weights": model.weights,
               "T": int(gamma.numel()), "n_images": int(n_images), "seed": int(seed), "sha256": digest}
     return write_text(json_path, json.dumps(record, indent=2) + "\n")
 
 
-def read_estimate(checkpoint: str | Path, model: LoadedModel) -> tuple[Tensor, dict[str, Any]]:
-    """(Γ, its JSON record) stored for exactly this model; anything else is one CheckpointError line."""
+def read_estimate(checkpoint: str | Path, model: LoadedModel,
+                  conditional: bool = True) -> tuple[Tensor, dict[str, Any]]:
+    """(Γ, its JSON record) stored for exactly this model; anything else is one CheckpointError line.
+
+    ``conditional`` (class-conditional models): Γ under class labels, else the "no class" Γ (``table_for``).
+    """
     tensor_path, json_path = estimate_paths(checkpoint, model.weights)
     if not json_path.exists():
         raise CheckpointError(f"no Analytic-DPM estimate beside the checkpoint ({json_path}); run `ddpm "
@@ -82,27 +108,30 @@ def read_estimate(checkpoint: str | Path, model: LoadedModel) -> tuple[Tensor, d
         raise CheckpointError(f"{tensor_path} does not match the sha256 in {json_path.name} (interrupted write or "
                               "edited file); run `ddpm analytic-variance --recompute`")
     header = read_safetensors_header(tensor_path)
-    if header != {"gamma": ("F64", (T,))}:
-        raise CheckpointError(f"{tensor_path} must hold one F64 tensor 'gamma' of shape ({T},), got {header}")
-    gamma = safetensors.torch.load(data)["gamma"]
+    tables = gamma_tables(model)
+    if header != {k: ("F64", (T,)) for k in tables}:
+        raise CheckpointError(f"{tensor_path} must hold the F64 tensor(s) {', '.join(repr(k) for k in tables)} of "
+                              f"shape ({T},), got {header}")
+    gamma = safetensors.torch.load(data)[table_for(model, conditional)]
     if not torch.isfinite(gamma).all() or (gamma < 0).any():
         raise CheckpointError(f"{tensor_path}: Γ_t = E‖ε_θ‖²/d must be finite and >= 0 at every t")
     return gamma, record
 
 
 def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_images: int | None = None,
-                   seed: int = 0, batch_size: int = 64, recompute: bool = False) -> Tensor:
+                   seed: int = 0, batch_size: int = 64, recompute: bool = False, conditional: bool = True) -> Tensor:
     """Γ for ``model``: the stored estimate, or (if none, or ``recompute``) one from ``images`` that is then stored.
 
-    ``images`` is an indexable dataset of training images in [-1, 1]; the first ``n_images`` (default
-    DEFAULT_IMAGES, at most its length) are used. A stored estimate of another model is refused, not replaced,
-    unless ``recompute``; one of another image count is refused when ``n_images`` is given explicitly.
+    ``images`` is an indexable dataset of training images in [-1, 1] (with their labels for a class-conditional
+    model); the first ``n_images`` (default DEFAULT_IMAGES, at most its length) are used. A stored estimate of
+    another model is refused, not replaced, unless ``recompute``; one of another image count is refused when
+    ``n_images`` is given explicitly. ``conditional`` picks the table of a class-conditional model (``table_for``).
     """
     if n_images is not None:
         check_int("--n-images", n_images, 1)
     _, json_path = estimate_paths(checkpoint, model.weights)
     if json_path.exists() and not recompute:
-        gamma, record = read_estimate(checkpoint, model)
+        gamma, record = read_estimate(checkpoint, model, conditional)
         if n_images is not None and record.get("n_images") != n_images:
             raise CheckpointError(f"{json_path} was estimated from {record.get('n_images')!r} images, not "
                                   f"--n-images {n_images}; add --recompute to replace it")
@@ -111,11 +140,20 @@ def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_im
     if n < 1:
         raise CheckpointError("the Γ estimate needs at least one training image; the training split is empty")
     device = next(model.net.parameters()).device
-    batches = (stack_items(images, idx).to(device) for idx in batched(range(n), batch_size))
-    gamma, count = estimate_gamma(model, model.diffusion, batches, GlobalNoise(generator(seed, "analytic-gamma")))
-    assert count == n and not math.isnan(float(gamma.sum()))
-    write_estimate(checkpoint, model, gamma, n, seed)
-    return gamma
+    labels = None
+    if model.num_classes is not None:  # Γ under each image's own label: the data's classes must be the model's
+        labels = torch.as_tensor(check_model_classes(model, images))
+    tables = {}
+    for name in gamma_tables(model):
+        # the same images and noise for every table (common random numbers)
+        batches = (stack_items(images, idx).to(device) if labels is None or name == "gamma_null" else
+                   (stack_items(images, idx).to(device), labels[list(idx)].to(device))
+                   for idx in batched(range(n), batch_size))
+        tables[name], count = estimate_gamma(model, model.diffusion, batches,
+                                             GlobalNoise(generator(seed, "analytic-gamma")))
+        assert count == n and not math.isnan(float(tables[name].sum()))
+    write_estimate(checkpoint, model, tables, n, seed)
+    return tables[table_for(model, conditional)]
 
 
 def analytic_diffusion(model: LoadedModel, gamma: Tensor) -> AnalyticDiffusion:

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig, RunConfig, check_int, check_seed, from_dict, shown, to_dict
-from ..data import build_dataset
+from ..data import DataError, build_dataset, class_names_for, dataset_labels
 from ..loading import LoadedModel, Weights, load_model
 from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
 from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, local_rank
+from ..sampling.guidance import known_classes
 from .parallel import evaluation_processes
 
 Split = Literal["train", "test"]
@@ -117,6 +119,17 @@ def data_config(cfg: RunConfig, choice: DataChoice) -> DataConfig:
 def load_split(cfg: RunConfig, choice: DataChoice) -> Dataset[torch.Tensor]:
     """The chosen split at the model's pixel levels, items in [-1, 1]."""
     return build_dataset(data_config(cfg, choice), cfg.model.sample_shape, choice.split, cfg.diffusion.levels)
+
+
+def check_model_classes(model: LoadedModel, dataset: Dataset[torch.Tensor]) -> np.ndarray:
+    """The labels (N,) of ``dataset`` for a class-conditional ``model``: its classes must be the model's."""
+    assert model.num_classes is not None
+    names = class_names_for(dataset, model.num_classes)  # the count and the label range
+    data_names = dataset_labels(dataset)[1]
+    if model.class_names is not None and data_names is not None and tuple(data_names) != tuple(model.class_names):
+        raise DataError(f"{dataset!r} names its classes {known_classes(names)}, but the model's are "
+                        f"{known_classes(model.class_names)}")
+    return dataset_labels(dataset)[0]
 
 
 def limited(n: int, limit: int | None) -> int:

@@ -1,4 +1,5 @@
-"""Negative log-likelihood (Table 1's NLL column): the full variational bound (Eq. 5) in bits/dim on a data split.
+"""Negative log-likelihood (Table 1's NLL column): the full variational bound (Eq. 5) in bits/dim on a data split
+(for a class-conditional model, the bound on −log p(x_0 | y) with each image's own label).
 
 Every image gets its own noise stream, seeded by (seed, image index), so the numbers do not depend on the
 batch size, on ``t_per_batch`` or on how many processes share the work. The pass also records x̂₀'s error at
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,12 +23,14 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import Decoder, GaussianDiffusion, Model
 from ..outputs import write_npz
 from ..rng import Noise, per_item
+from ..sampling import Conditioned
 from ..sampling.analytic import VarianceChoice
 from .common import (
     CommonOptions,
     DataChoice,
     Session,
     batched,
+    check_model_classes,
     is_image_model,
     limited,
     load_split,
@@ -78,8 +82,13 @@ def resolve_decoder(decoder: DecoderChoice, image_model: bool) -> Decoder:
 def bound_totals(model: Model, diffusion: GaussianDiffusion, images: ImageSource, indices: Sequence[int],
                  seed: int = 0, batch_size: int = 64, t_per_batch: int = 1, clip_denoised: bool = True,
                  decoder: Decoder = "discretized", keep_terms: bool = False,
-                 device: torch.device | str = "cpu", progress: bool = False) -> BoundTotals:
-    """The full bound (Eq. 5) of ``images[i]`` for i in ``indices``, term by term, batched over images and t."""
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 labels: Sequence[int] | np.ndarray | None = None) -> BoundTotals:
+    """The full bound (Eq. 5) of ``images[i]`` for i in ``indices``, term by term, batched over images and t.
+
+    ``labels`` (one per item of ``images``) make it the conditional bound of a class-conditional model: image i
+    under its own label, −log p_θ(x_0 | y_i) ≤ the bound.
+    """
     if t_per_batch < 1:
         raise ValueError(f"t_per_batch must be >= 1, got {t_per_batch}")
     T = diffusion.T
@@ -92,7 +101,8 @@ def bound_totals(model: Model, diffusion: GaussianDiffusion, images: ImageSource
                leave=False)
     for batch_idx in batched(indices, batch_size):
         x0 = stack_items(images, batch_idx).to(device)
-        terms = _batch_terms(model, diffusion, x0, per_item(seed, "nll", batch_idx), t_per_batch, clip_denoised,
+        m = model if labels is None else Conditioned(model, torch.as_tensor(np.asarray(labels)[list(batch_idx)]))
+        terms = _batch_terms(m, diffusion, x0, per_item(seed, "nll", batch_idx), t_per_batch, clip_denoised,
                              decoder, bar, mse_sum)
         prior = diffusion.prior_bpd(x0).double().cpu()
         term_sum += terms.sum(0)
@@ -174,6 +184,7 @@ class NLLResult:
     img_per_s: float
     terms: tuple[TermStat, ...] = field(default=(), repr=False)
     variance: str = "model"          # the reverse variance: the model's own, or Analytic-DPM's σ*² (Bao et al.)
+    conditional: bool = False        # a class-conditional model's bound on −log p(x_0 | y), each image's own label
 
     def summary(self) -> dict[str, object]:
         """Every field except the per-t table (what ``nll.json`` holds)."""
@@ -192,7 +203,7 @@ def term_stats(totals: BoundTotals) -> tuple[TermStat, ...]:
 
 
 def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_denoised: bool, t_per_batch: int,
-              seconds: float, variance: str = "model") -> NLLResult:
+              seconds: float, variance: str = "model", conditional: bool = False) -> NLLResult:
     """The NLL summary of merged totals."""
     if totals.n == 0:
         raise ValueError("no images were evaluated")
@@ -204,6 +215,7 @@ def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_
         distortion_bits_per_dim=decoder_mean, n_images=totals.n, T=totals.T, split=split, dataset=dataset,
         decoder=decoder, clip_denoised=clip_denoised, t_per_batch=t_per_batch, seconds=seconds,
         img_per_s=totals.n / seconds if seconds > 0 else math.nan, terms=term_stats(totals), variance=variance,
+        conditional=conditional,
     )
 
 
@@ -242,15 +254,17 @@ def evaluate_bound(s: Session, common: CommonOptions, data: DataChoice, t_batch:
                    diffusion: GaussianDiffusion | None = None) -> tuple[BoundTotals | None, float]:
     """This process's share of the bound on the chosen split, merged on rank 0 (None elsewhere); and seconds.
 
-    ``diffusion`` replaces the model's own (e.g. an AnalyticDiffusion); it is respaced to ``steps`` here.
+    ``diffusion`` replaces the model's own (e.g. an AnalyticDiffusion); it is respaced to ``steps`` here. A
+    class-conditional model is evaluated under each image's own label (the conditional bound).
     """
     tick = time.perf_counter()
     diffusion = (s.model.diffusion if diffusion is None else diffusion).with_steps(steps)  # the one respacing rule
     dataset = load_split(s.config, data)
     n = limited(len(dataset), common.limit)  # type: ignore[arg-type]
     mine = shard(range(n), s.group)
+    labels = check_model_classes(s.model, dataset) if s.model.num_classes is not None else None
     part = bound_totals(s.model, diffusion, dataset, mine, common.seed, common.batch_size, t_batch,
-                        clip_denoised, decoder, keep_terms, s.device, common.progress and s.progress_enabled)
+                        clip_denoised, decoder, keep_terms, s.device, common.progress and s.progress_enabled, labels)
     parts = gather_to_main(part, s.group)
     return (merge_totals(parts) if parts is not None else None), time.perf_counter() - tick
 
@@ -276,7 +290,7 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
             return None
         dataset = options.data.dataset or s.config.data.dataset
         result = summarize(totals, options.data.split, dataset, decoder, options.clip_denoised, options.t_batch,
-                           seconds, options.variance)
+                           seconds, options.variance, s.model.num_classes is not None)
         write_nll(s.out, result, totals)
         write_run_info(s, {"common": common, "nll": options})
         return result

@@ -1,7 +1,10 @@
-"""Unconditional samples (Algorithm 2, respaced, or DDIM) streamed in batches into an .npz of uint8 images.
+"""Samples (Algorithm 2, respaced, DDIM, …) streamed in batches into an .npz of uint8 images.
 
 Sample i is drawn with its own generator, stream (seed, "sample", i) of ``ddpm.rng``, for x_T and for every
-step's noise, so the images do not depend on the batch size or on how many processes share the work.
+step's noise, so the images do not depend on the batch size or on how many processes share the work. A
+class-conditional model draws one class (``--class``, by name or index) or every class (``--class all``: --n of
+each, one grid row per class), guided by ``--guidance`` w (``ddpm.sampling.guidance``); without a class it
+draws from p(x) through its "no class" input.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..images import save_image_grid, to_display_uint8
 from ..outputs import safe_name, write_npz
 from ..rng import per_item
 from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample
+from ..sampling.guidance import check_guidance, class_index, model_classes
 from ..schedules import SPACINGS, Spacing
 from .common import CommonOptions, batched, is_image_model, session, write_json, write_run_info
 from .figures import plot_points
@@ -55,23 +59,28 @@ class SamplerSpec:
 
 
 def sample_batch(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
-                 first_index: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Samples first_index .. first_index + count − 1 (each seeded by its index), in [-1, 1]."""
+                 first_index: int, count: int, device: torch.device | str = "cpu",
+                 labels: Sequence[int] | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """Samples first_index .. first_index + count − 1 (each seeded by its index, of class ``labels[j]``), in [-1, 1]."""
     noise = per_item(seed, "sample", range(first_index, first_index + count))
     return sample(model, diffusion, (count, *shape), noise, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
-                  device, spacing=spec.spacing)
+                  device, spacing=spec.spacing, classes=None if labels is None else list(labels), guidance=guidance)
 
 
 def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
              indices: Sequence[int], batch_size: int = 64, device: torch.device | str = "cpu",
-             progress: bool = False) -> np.ndarray:
-    """Samples at consecutive ``indices``, streamed in batches: uint8 NHWC images, or float32 points (N, D)."""
+             progress: bool = False, labels: Sequence[int] | None = None, guidance: float = 0.0) -> np.ndarray:
+    """Samples at consecutive ``indices``, streamed in batches: uint8 NHWC images, or float32 points (N, D).
+
+    ``labels`` gives the class of each of ``indices`` (a class-conditional model), guided with weight ``guidance``.
+    """
     image = len(shape) == 3
     out: list[np.ndarray] = []
     bar = tqdm(total=len(indices), desc=f"{spec.sampler} ({spec.n_steps(diffusion.T)} steps)", unit="img",
                disable=not progress, leave=False)
-    for idx in batched(indices, batch_size):
-        x = sample_batch(model, diffusion, shape, spec, seed, int(idx[0]), len(idx), device)
+    for start, idx in zip(range(0, len(indices), batch_size), batched(indices, batch_size)):
+        mine = None if labels is None else labels[start:start + len(idx)]
+        x = sample_batch(model, diffusion, shape, spec, seed, int(idx[0]), len(idx), device, mine, guidance)
         out.append(to_display_uint8(x) if image else x.float().cpu().numpy())
         bar.update(len(idx))
     bar.close()
@@ -86,14 +95,31 @@ def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...],
 class SampleOptions:
     """What ``ddpm sample`` draws, beyond the common options."""
 
-    n: int = 64                          # number of samples
+    n: int = 64                          # number of samples (of each class with classes="all")
     spec: SamplerSpec = SamplerSpec()
     grid: int = 100                      # samples shown in samples.png
     name: str = "samples"                # file stem: samples.npz, samples.png, samples.json
+    classes: str | None = None           # a class by name or index, "all", or None (p(x): the "no class" input)
+    guidance: float = 0.0                # w of classifier-free guidance (needs a class)
 
     def __post_init__(self) -> None:
         check_int("--n", self.n, 1)
         check_int("--grid", self.grid, 1)  # the PNG shows min(grid, n) samples; an empty grid is no image
+        if self.classes is not None and (not isinstance(self.classes, str) or not self.classes.strip()):
+            raise ConfigError(f"--class must be a class name, an index or 'all', got {shown(self.classes)}")
+        check_guidance(self.guidance, self.classes is not None, "--guidance")
+
+    def labels(self, model: Model, n: int) -> list[int] | None:
+        """The class of each of the n samples (None: unconditional); "all" is n of each class, class-major."""
+        if self.classes is None:
+            return None
+        K, names = model_classes(model)
+        if K is None:
+            raise ConfigError("--class needs a class-conditional model; this one is unconditional "
+                              "(model.num_classes is None)")
+        if self.classes == "all":
+            return [k for k in range(K) for _ in range(n)]
+        return [class_index(self.classes, names, "--class")] * n
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,8 @@ class SampleResult:
     seconds: float
     img_per_s: float
     world_size: int
+    classes: str | None = None     # --class (None: unconditional)
+    guidance: float = 0.0          # w
 
 
 def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) -> SampleResult | None:
@@ -119,40 +147,52 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
         if options.spec.steps is not None:  # needs the model's T: checked before any sampling or file
             check_int("--steps", options.spec.steps, 1, s.model.diffusion.T)
         n = min(options.n, common.limit) if common.limit is not None else options.n
+        labels = options.labels(s.model, n)  # before any sampling: an unknown class names the known ones
+        total = n if labels is None else len(labels)
         shape = s.model.sample_shape
-        mine = shard(range(n), s.group)
+        mine = shard(range(total), s.group)
         diffusion = s.model.diffusion
         if SAMPLERS[options.spec.sampler].needs_gamma:
             # Analytic-DPM's samplers: σ*² from the Γ estimate stored beside the checkpoint (ddpm analytic-variance)
             from .analytic_variance import analytic_diffusion, read_estimate
 
-            diffusion = analytic_diffusion(s.model, read_estimate(common.checkpoint, s.model)[0])
+            gamma = read_estimate(common.checkpoint, s.model, conditional=labels is not None)[0]
+            diffusion = analytic_diffusion(s.model, gamma)
         tick = time.perf_counter()
         part = generate(s.model, diffusion, shape, options.spec, common.seed, mine, common.batch_size,
-                        s.device, common.progress and s.progress_enabled)
+                        s.device, common.progress and s.progress_enabled,
+                        None if labels is None else [labels[i] for i in mine], options.guidance)
         parts = gather_to_main(part, s.group)
         if parts is None:
             return None
         seconds = time.perf_counter() - tick
         result = write_samples(s.out, options, np.concatenate(parts), is_image_model(s.config), seconds,
-                               s.model.diffusion.T, s.group.world_size)
+                               s.model.diffusion.T, s.group.world_size, labels, model_classes(s.model)[1])
         write_run_info(s, {"common": common, "sample": options})
         return result
 
 
 def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image: bool, seconds: float, T: int,
-                  world_size: int) -> SampleResult:
-    """Write the .npz, the figure and the JSON summary of merged samples."""
+                  world_size: int, labels: Sequence[int] | None = None,
+                  class_names: Sequence[str] | None = None) -> SampleResult:
+    """Write the .npz (with ``labels`` and ``class_names`` of class-conditional samples), the figure and the JSON."""
     name = safe_name(options.name)
     npz, png = out / f"{name}.npz", out / f"{name}.png"
-    write_npz(npz, **{"images" if image else "points": samples})
-    if image:
+    arrays = {"images" if image else "points": samples}
+    if labels is not None:
+        arrays.update(labels=np.asarray(labels, dtype=np.int64), class_names=np.asarray(class_names or [], dtype=str))
+    write_npz(npz, **arrays)
+    if image and options.classes == "all":  # one row per class, up to grid/K of its samples
+        rows = samples.reshape(len(class_names or ()), -1, *samples.shape[1:])
+        save_image_grid(png, rows[:, :max(1, options.grid // rows.shape[0])])
+    elif image:
         save_image_grid(png, samples[:options.grid])  # a square grid
     else:
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
     result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, spec.spacing,
                           seconds,
-                          len(samples) / seconds if seconds > 0 else math.nan, world_size)
+                          len(samples) / seconds if seconds > 0 else math.nan, world_size, options.classes,
+                          options.guidance)
     write_json(out / f"{name}.json", result)
     return result

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..checkpoint import save_model
 from ..config import DataConfig, RunConfig, TrainConfig, UNetConfig
-from ..loading import load_model
+from ..loading import CLASS_NAMES_KEY, load_model
 from .diffusers import DiffusersFormatError, load_diffusers, save_diffusers
 
 
@@ -19,9 +19,11 @@ def from_diffusers(directory: str | Path, out: str | Path, overwrite: bool = Fal
     imp = load_diffusers(directory)
     m = imp.model
     dataset = "cifar10" if (m.image_size, m.in_channels) == (32, 3) else "folder"
+    train = TrainConfig() if imp.label_dropout is None else TrainConfig(label_dropout=imp.label_dropout)
     cfg = RunConfig(name=f"imported:{Path(directory).name}", model=m, diffusion=imp.diffusion,
-                    data=DataConfig(dataset=dataset), train=TrainConfig())
-    return save_model(out, cfg.to_dict(), imp.state_dict, overwrite)
+                    data=DataConfig(dataset=dataset), train=train)
+    extra = {} if imp.class_names is None else {CLASS_NAMES_KEY: list(imp.class_names)}
+    return save_model(out, cfg.to_dict(), imp.state_dict, overwrite, extra)
 
 
 def to_diffusers(checkpoint: str | Path, out: str | Path, weights: str = "ema", overwrite: bool = False) -> Path:
@@ -30,4 +32,6 @@ def to_diffusers(checkpoint: str | Path, out: str | Path, weights: str = "ema", 
     if not isinstance(loaded.config.model, UNetConfig):
         raise DiffusersFormatError(f"{checkpoint} holds a {loaded.config.model.kind} model; diffusers export "
                                    "needs the U-Net")
-    return save_diffusers(out, loaded.config.model, loaded.config.diffusion, loaded.net.state_dict(), overwrite)
+    conditional = loaded.num_classes is not None
+    return save_diffusers(out, loaded.config.model, loaded.config.diffusion, loaded.net.state_dict(), overwrite,
+                          loaded.class_names, loaded.config.train.label_dropout if conditional else None)

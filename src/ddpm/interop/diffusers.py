@@ -14,6 +14,11 @@ GroupNorm ε = 1e-6, TensorFlow-style stride-2 downsampling (``downsample_paddin
 ``DownBlock2D``/``AttnDownBlock2D`` and ``UpBlock2D``/``AttnUpBlock2D``. Anything else is a
 ``DiffusersFormatError`` naming the field. Options of ours that diffusers has no field for
 (``loss_type``, ``hybrid_lambda``, ``levels``) travel in an extra top-level ``ddpm.json``.
+
+A class-conditional U-Net (``num_classes`` = K) is diffusers' ``num_class_embeds`` = K + 1 (a class embedding
+added to the time embedding), its last row K the "no class" input of classifier-free guidance. That convention
+is ours, so ``ddpm.json``'s ``classes`` section says so (``num_classes``, and the class names and label dropout
+it was trained with); a conditional model without it is refused: its last row may be a class of its own.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ MAX_SAMPLE_SIZE = MAX_IMAGE_SIZE
 MAX_LEVELS = 16
 MAX_LAYERS_PER_BLOCK = 64
 MAX_WIDTH = 1 << 16
+MAX_CLASS_EMBEDS = 1 << 20  # ImageNet-21k has ~21,800 classes
 
 
 class DiffusersFormatError(CheckpointError):
@@ -75,6 +81,8 @@ class DiffusersImport:
     model: UNetConfig
     diffusion: DiffusionConfig
     state_dict: dict[str, Tensor]
+    class_names: tuple[str, ...] | None = None  # a class-conditional model's class names, if stored
+    label_dropout: float | None = None          # what trained its "no class" row (0: never trained)
 
 
 # --- parameter names -----------------------------------------------------------------------------
@@ -98,6 +106,7 @@ _TOP = {
     "conv_in": "conv_in",
     "norm_out": "conv_norm_out",
     "conv_out": "conv_out",
+    "class_embed": "class_embedding",
 }
 _TOP_BACK = {v: k for k, v in _TOP.items()}
 _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
@@ -279,8 +288,8 @@ _UNET_REQUIRED: dict[str, tuple[Any, str]] = {
     "act_fn": ("silu", "swish nonlinearity"),
     "resnet_time_scale_shift": ("default", "the time embedding is added, not scale-shift"),
     "add_attention": (True, "the middle block has attention"),
-    "class_embed_type": (None, "an unconditional model"),
-    "num_class_embeds": (None, "an unconditional model"),
+    "class_embed_type": (None, "a class embedding is a learned table (num_class_embeds), added to the time "
+                               "embedding"),
 }
 
 _DOWN_TYPES = {"DownBlock2D": False, "AttnDownBlock2D": True}
@@ -357,6 +366,9 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             f"unet config attention_head_dim={head_dim!r} gives multi-head attention; the paper's U-Net has "
             f"one head (attention_head_dim null or equal to the attention width {sorted(attn_widths)})"
         )
+    num_class_embeds = c["num_class_embeds"]
+    if num_class_embeds is not None:  # K classes and the "no class" row K (see the module docstring)
+        num_class_embeds = _int_field("num_class_embeds", num_class_embeds, 2, MAX_CLASS_EMBEDS)
     in_ch, out_ch = c["in_channels"], c["out_channels"]
     if out_ch not in (in_ch, 2 * in_ch):
         raise DiffusersFormatError(
@@ -373,6 +385,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_down) if a),
             dropout=float(c["dropout"]),
             num_groups=int(groups),
+            num_classes=None if num_class_embeds is None else num_class_embeds - 1,
         )
     except (TypeError, ValueError) as e:
         raise DiffusersFormatError(f"unet config could not be converted: {e}") from None
@@ -428,6 +441,8 @@ def unet_config_to_diffusers(cfg: UNetConfig, out_channels: int | None = None) -
         "norm_eps": GROUPNORM_EPS,
         "resnet_time_scale_shift": "default",
         "add_attention": True,
+        "class_embed_type": None,
+        "num_class_embeds": None if cfg.num_classes is None else cfg.num_classes + 1,  # + the "no class" row
     }
 
 
@@ -578,6 +593,7 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
     )
     extra = _read_json(root / EXTRA_NAME) if (root / EXTRA_NAME).is_file() else None
     diffusion = diffusion_config_from_scheduler(_read_json(sched_path), extra)
+    class_names, label_dropout = _classes_from_extra(model_cfg, extra)
     out_channels = network_out_channels(model_cfg, diffusion)
     found = unet_json.get("out_channels", _UNET_DEFAULTS["out_channels"])
     if found != out_channels:
@@ -595,21 +611,56 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
         expected = _expected_shapes(model_cfg, out_channels)
         numel = sum(math.prod(shape) for shape in expected.values())
         state = safe_torch_load(weights, max_bytes=8 * numel + 1024 * len(expected) + (1 << 20))  # float64 at most
-    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg, out_channels))
+    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg, out_channels),
+                           class_names, label_dropout)
+
+
+def _classes_from_extra(model: UNetConfig, extra: dict[str, Any] | None) -> tuple[tuple[str, ...] | None,
+                                                                               float | None]:
+    """(class names, label dropout) of a class-conditional import from ``ddpm.json``'s ``classes`` section."""
+    section = (extra or {}).get("classes")
+    K = model.num_classes
+    if K is None:
+        if section is not None:
+            raise DiffusersFormatError(f"{EXTRA_NAME} has a 'classes' section, but the unet has no num_class_embeds")
+        return None, None
+    if not isinstance(section, dict) or section.get("num_classes") != K:
+        raise DiffusersFormatError(
+            f"unet config num_class_embeds={K + 1}: ddpm reads its last row as the 'no class' input of "
+            f"classifier-free guidance, which {EXTRA_NAME} must confirm with {{\"classes\": {{\"num_classes\": "
+            f"{K}}}}} (a model from elsewhere may use every row for a class)")
+    unknown = set(section) - {"num_classes", "class_names", "label_dropout"}
+    if unknown:
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'classes' has unknown fields {sorted(unknown)}")
+    names = section.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != K or len(set(map(str, names))) != K
+                              or not all(isinstance(n, str) for n in names)):
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'classes.class_names' must list {K} distinct names")
+    dropout = section.get("label_dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout <= 1):
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'classes.label_dropout' must be a number in [0, 1], got "
+                                   f"{_short(dropout)}")
+    return (tuple(names) if names is not None else None), (None if dropout is None else float(dropout))
 
 
 def save_diffusers(
     directory: str | Path, model_cfg: UNetConfig, diffusion_cfg: DiffusionConfig, state_dict: dict[str, Tensor],
-    overwrite: bool = False,
+    overwrite: bool = False, class_names: tuple[str, ...] | None = None, label_dropout: float | None = None,
 ) -> Path:
     """Write a ``DDPMPipeline`` directory (unet/, scheduler/, model_index.json) that diffusers loads.
 
     The directory is written whole beside its place and renamed into it; an existing non-empty ``directory`` is
-    refused unless ``overwrite``, which replaces it.
+    refused unless ``overwrite``, which replaces it. A class-conditional model's ``class_names`` and
+    ``label_dropout`` go into ``ddpm.json`` beside its number of classes.
     """
     out_channels = network_out_channels(model_cfg, diffusion_cfg)  # a learned Σ doubles them (var_type)
     unet_json = unet_config_to_diffusers(model_cfg, out_channels)
     sched_json, extra = diffusion_config_to_scheduler(diffusion_cfg)
+    if model_cfg.num_classes is not None:
+        extra["classes"] = {"num_classes": model_cfg.num_classes,
+                            **({"class_names": list(class_names)} if class_names is not None else {}),
+                            **({"label_dropout": label_dropout} if label_dropout is not None else {})}
     tensors = {k: v.detach().to("cpu").contiguous()
                for k, v in state_dict_to_diffusers(state_dict, model_cfg, out_channels).items()}
     final = check_output_dir(directory, "convert", overwrite)

@@ -3,9 +3,11 @@
 A PixelCNN++-style backbone: wide residual blocks with GroupNorm, a Transformer sinusoidal time
 embedding added inside every residual block, single-head self-attention at the 16×16 resolution,
 ``num_res_blocks`` blocks per resolution on the way down and ``num_res_blocks + 1`` on the way up with
-skip concatenation. Parameter names follow the official code's variable scopes (``down.{level}``,
-``mid``, ``up.{level}``, ``temb.dense0`` ...), so the level index means the same resolution on both
-paths. ``ddpm.interop.diffusers`` maps them to and from diffusers' ``UNet2DModel`` names.
+skip concatenation. A class-conditional U-Net (``num_classes`` = K) adds a learned class embedding to the time
+embedding (as diffusers' ``num_class_embeds``), with one extra row, index K, for "no class". Parameter names
+follow the official code's variable scopes (``down.{level}``, ``mid``, ``up.{level}``, ``temb.dense0`` ...), so
+the level index means the same resolution on both paths. ``ddpm.interop.diffusers`` maps them to and from
+diffusers' ``UNet2DModel`` names.
 
 Speed choices, each measured on a 2-core AVX-512 CPU (``benchmarks/README.md``): activations run in
 the channels-last memory format (about 7% faster sampling, training unchanged; parameters stay
@@ -198,6 +200,9 @@ class UNet(nn.Module):
         ch, groups, drop = cfg.base_channels, cfg.num_groups, cfg.dropout
         temb_ch = 4 * ch
         self.temb = TimeEmbedding(ch)
+        self.num_classes = cfg.num_classes
+        # K class rows and the "no class" row K (classifier-free guidance: Ho & Salimans 2022), added to temb
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, temb_ch) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # down path: the widths of everything pushed onto the skip stack, as in the official code
@@ -234,6 +239,19 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         self.reset_parameters()
 
+    def _labels(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Class indices (B,) in 0..K, "no class" (K) for every image when ``y`` is None."""
+        assert self.num_classes is not None
+        if y is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if not torch.is_tensor(y) or y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+            raise ValueError(f"class labels y must be an integer tensor of shape ({batch},), got {shape}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(f"class labels must lie in 0..{self.num_classes} ({self.num_classes}: no class), got "
+                             f"{int(y.min())}..{int(y.max())}")
+        return y.long()
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The official initialization: Glorot-uniform weights, zero biases, ~0 on each branch's last layer."""
@@ -246,8 +264,11 @@ class UNet(nn.Module):
                 nn.init.xavier_uniform_(m.weight, gain=1e-5 if id(m) in last else 1.0)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
-        """ε (or x₀, μ; and Σ outputs if learned) for noisy images x (B, C, H, W) at 0-indexed steps (B,)."""
+    def forward(self, x: Tensor, timesteps: Tensor, y: Tensor | None = None) -> Tensor:
+        """ε (or x₀, μ; and Σ outputs if learned) for noisy images x (B, C, H, W) at 0-indexed steps (B,).
+
+        ``y`` (B,) holds class indices 0..K−1, or K for "no class"; None is "no class" for every image.
+        """
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2:] != (cfg.image_size, cfg.image_size):
             raise ValueError(
@@ -257,7 +278,12 @@ class UNet(nn.Module):
         if not torch.is_tensor(timesteps) or timesteps.shape != (x.shape[0],):
             shape = tuple(timesteps.shape) if torch.is_tensor(timesteps) else type(timesteps).__name__
             raise ValueError(f"timesteps must be a tensor of shape ({x.shape[0]},), got {shape}")
-        temb_act = F.silu(self.temb(timesteps))  # every block applies SiLU before its projection
+        temb = self.temb(timesteps)
+        if self.class_embed is not None:
+            temb = temb + self.class_embed(self._labels(y, x.shape[0], x.device))
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (model.num_classes is None): it takes no class labels y")
+        temb_act = F.silu(temb)  # every block applies SiLU before its projection
         h = self.conv_in(x.contiguous(memory_format=self.memory_format))
         skips = [h]
         for level in self.down:

@@ -35,6 +35,7 @@ from ..likelihood import mean_flat
 from ..rng import GLOBAL_NOISE, Noise
 from ..schedules import Schedule, Spacing, gather
 from .ancestral import ancestral_steps
+from .guidance import Conditioned
 from .steps import SampleStep, time_batch
 
 Tensor = torch.Tensor
@@ -50,12 +51,13 @@ def gamma_terms(eps: Tensor) -> Tensor:
     return mean_flat(eps.double() ** 2)
 
 
-def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Iterable[Tensor],
+def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Iterable[Tensor | tuple[Tensor, Tensor]],
                    noise: Noise = GLOBAL_NOISE, steps: Sequence[int] | None = None) -> tuple[Tensor, int]:
     """(Γ_t for t = 1..T of ``diffusion`` as a float64 table (index t − 1), the number of images used).
 
     Γ_t = mean over images x_0 and one draw x_t ~ q(x_t|x_0) each of ‖ε_θ(x_t, t)‖²/d (Monte Carlo over the
     training images, Bao et al. Sec. 3); ``steps`` (paper times) limits the work to those t, the others are NaN.
+    A batch (x_0, y) of a class-conditional network gives ε_θ(x_t, t, y): Γ of the conditional model.
     """
     T = diffusion.T
     ts = list(range(1, T + 1)) if steps is None else sorted(set(int(t) for t in steps))
@@ -63,14 +65,15 @@ def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Itera
         raise ConfigError(f"Γ steps must lie in 1..{T}, got {ts[:3]}")
     total = torch.zeros(T, dtype=torch.float64)
     count = 0
-    for x0 in x0_batches:
+    for batch in x0_batches:
+        x0, m = (batch, model) if torch.is_tensor(batch) else (batch[0], Conditioned(model, batch[1]))
         count += x0.shape[0]
         for t in ts:
             tt = time_batch(t, x0)
             x_t = diffusion.q_sample(x0, tt, noise.randn(tuple(x0.shape), x0.device))
             with torch.no_grad():
                 # unclipped ε̂: Γ is a property of the network's ε-prediction, not of the sampler's clipping
-                p = GaussianDiffusion.p_mean_var(diffusion, model, x_t, tt, clip_denoised=False)
+                p = GaussianDiffusion.p_mean_var(diffusion, m, x_t, tt, clip_denoised=False)
             total[t - 1] += gamma_terms(p.pred_eps).sum().cpu()
     if count == 0:
         raise ConfigError("the Γ estimate needs at least one training image, got none")

@@ -22,6 +22,7 @@ from ..schedules import Spacing
 from .analytic import analytic_ddim_steps, analytic_ddpm_steps
 from .ancestral import ancestral_steps, ddim_steps
 from .dpm_solver import dpmpp_2m_steps, dpmpp_3m_steps, dpmpp_3m_taylor_steps, sde_dpmpp_2m_steps
+from .guidance import ClassSpec, check_guidance, class_labels, guided, model_classes
 from .steps import SampleStep, run
 
 Tensor = torch.Tensor
@@ -77,14 +78,24 @@ def sampler_help() -> str:
 def sample(model: Model, diffusion: GaussianDiffusion, shape: Sequence[int], noise: Noise = GLOBAL_NOISE,
            sampler: SamplerName = "ancestral", steps: int | None = None, eta: float = 0.0,
            clip_denoised: bool = True, device: torch.device | str = "cpu", progress: bool = False,
-           spacing: Spacing = "uniform", bf16: bool = False) -> Tensor:
+           spacing: Spacing = "uniform", bf16: bool = False, classes: ClassSpec = None,
+           guidance: float = 0.0) -> Tensor:
     """Samples x_0 of ``shape`` with a registered sampler on all T steps or ``steps`` of them (``spacing``).
 
     ``bf16`` runs the network alone under bfloat16 autocast; the sampler's arithmetic stays in float32.
+    A class-conditional model samples ``classes`` (a name or index for all, one per sample, or "all": as many of
+    each class, class-major), guided with weight ``guidance`` = w (``ddpm.sampling.guidance``); without classes
+    it samples p(x), through its "no class" input.
     """
     info = get_sampler(sampler)
+    labels = class_labels(model, classes, shape[0])
+    guidance = check_guidance(guidance, labels is not None)
+    num_classes = model_classes(model)[0]
     if bf16:
         model = in_bfloat16(model)
+    if labels is not None:
+        assert num_classes is not None  # class_labels refuses classes for an unconditional model
+        model = guided(model, labels.to(device), guidance, num_classes, diffusion.learn_sigma)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
     if eta and not info.takes_eta:

@@ -32,11 +32,11 @@ from ..checkpoint import (
     set_aside_checkpoint,
 )
 from ..config import ConfigError, RunConfig, check_resume_config
-from ..data import dataset_for, random_flip
+from ..data import LabelledDataset, dataset_for, random_flip
 from ..diffusion import GaussianDiffusion
 from ..evaluation.common import is_image_model
 from ..images import save_image_grid, to_display_uint8
-from ..loading import shape_problems
+from ..loading import CLASS_NAMES_KEY, shape_problems
 from ..nets import network_for
 from ..outputs import OutputDir, RunLock, check_not_locked, check_output_dir, write_text
 from ..processes import (
@@ -51,7 +51,7 @@ from ..processes import (
     under_torchrun,
 )
 from ..rng import GlobalNoise, generator, seed_torch
-from ..sampling import sample
+from ..sampling import Conditioned, sample
 from .ema import EMA
 from .logging import TrainingLog, Window
 from .t_sampling import t_sampler_for
@@ -98,6 +98,11 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     return perm[j * batch_size:(j + 1) * batch_size]
 
 
+def drop_labels(y: torch.Tensor, u: torch.Tensor, p: float, null_class: int) -> torch.Tensor:
+    """Labels with each replaced by "no class" where u < p (u ~ U[0, 1)): label dropout (Ho & Salimans 2022)."""
+    return torch.where(u.to(y.device) < p, torch.full_like(y, null_class), y)
+
+
 class _StepBatches(torch.utils.data.Sampler[list[int]]):
     """This process's share of every global batch from ``start`` on (contiguous slices of the global batch)."""
 
@@ -138,6 +143,9 @@ class Trainer:
                               f"({self.group.world_size})")
         # data first: a missing or corrupt dataset is an error before anything is written
         self.dataset = dataset if dataset is not None else dataset_for(cfg, "train")
+        if cfg.model.num_classes is not None and not isinstance(self.dataset, LabelledDataset):
+            # (x₀, label) items; the class names go into every checkpoint
+            self.dataset = LabelledDataset(self.dataset, cfg.model.num_classes)
         if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
         check_output_dir(self.run_dir, "train", overwrite)  # a folder of someone else's files is no run directory
@@ -267,8 +275,9 @@ class Trainer:
         window = Window()
         self.net.train()
         try:
-            for x0 in loader:
-                loss = self._train_step(x0.to(self.device), window)
+            for batch in loader:
+                x0, y = batch if isinstance(self.dataset, LabelledDataset) else (batch, None)
+                loss = self._train_step(x0.to(self.device), window, y)
                 result.losses.append(loss)
                 self.step += 1
                 bar.update(1)
@@ -299,17 +308,22 @@ class Trainer:
         sl = slice(self.group.rank * local, (self.group.rank + 1) * local)
         return t, weights[sl].to(self.device), noise[sl].to(self.device), sl
 
-    def _train_step(self, x0: torch.Tensor, window: Window) -> float:
+    def _train_step(self, x0: torch.Tensor, window: Window, y: torch.Tensor | None = None) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
             x0 = random_flip(x0, generator(tc.seed, "flip", self.step, self.group.rank))
         t_all, weights, noise, sl = self._global_noise(tuple(x0.shape[1:]))
         t = t_all[sl].to(self.device)
+        model = self.model
+        if y is not None:  # the labels, each dropped to "no class" with probability train.label_dropout
+            u = torch.rand(tc.batch_size, generator=generator(tc.seed, "label-dropout", self.step))[sl]
+            model = Conditioned(self.model, drop_labels(y.to(self.device), u, tc.label_dropout,
+                                                        self.cfg.model.num_classes))
         for group in self.opt.param_groups:
             group["lr"] = self._lr(self.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext()
         with autocast:
-            terms = self.diffusion.training_losses(self.model, x0, t, noise)
+            terms = self.diffusion.training_losses(model, x0, t, noise)
         loss = (terms.loss * weights).mean()  # weights 1/(T·p_t): unbiased for any p (all 1 for uniform t)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -344,10 +358,12 @@ class Trainer:
                    **{f"{T_SAMPLER_PREFIX}{k}": v for k, v in self.t_sampler.state_dict().items()}}
         path = None
         if self.group.is_main:
+            extra = {"data_position": self.step, "skipped_steps": self.skipped, "world_size": self.group.world_size}
+            if isinstance(self.dataset, LabelledDataset):
+                extra[CLASS_NAMES_KEY] = list(self.dataset.class_names)
             ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), model=self.net.state_dict(),
                               ema=self.ema.state_dict(), optimizer=self.opt.state_dict(), tensors=tensors,
-                              extra={"data_position": self.step, "skipped_steps": self.skipped,
-                                     "world_size": self.group.world_size})
+                              extra=extra)
             path = save_checkpoint(self.run_dir, ckpt, keep=self.cfg.train.keep_checkpoints)
         barrier(self.group)
         return path
@@ -364,8 +380,10 @@ class Trainer:
             return
         net = self.ema_model()
         shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
+        K = self.cfg.model.num_classes
         x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
-                   steps=min(GRID_STEPS, self.diffusion.T), device=self.device)
+                   steps=min(GRID_STEPS, self.diffusion.T), device=self.device,
+                   classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
         save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
 
