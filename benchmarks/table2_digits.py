@@ -16,7 +16,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ class CellResult:
     diverged: bool
     steps_done: int
     test_nll_bits_per_dim: float
+    test_nll_stderr: float
     fd: float
     fd_real_vs_real: float
     class_score: float
@@ -59,6 +60,7 @@ class CellResult:
     confidence: float
     train_s: float
     eval_s: float
+    test_nll_per_image: list[float] = field(default_factory=list)  # the same 180 test images in every cell
 
 
 def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: str, steps: int, n_samples: int,
@@ -82,7 +84,8 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
         diverged = True
     train_s = time.perf_counter() - tick
     if latest_checkpoint(run_dir) is None:
-        return CellResult(label, True, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, train_s, 0.0)
+        return CellResult(label, True, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
+                          train_s, 0.0)
     tick = time.perf_counter()
     m = load_model(run_dir, weights=weights)
     x = sample(m, m.diffusion, (n_samples, 1, 8, 8), per_item(seed, "sample", range(n_samples)))
@@ -90,9 +93,32 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
     q = evaluate_digits(x.nan_to_num(0.0), seed=seed)
     test = dataset_for(cfg, "test")
     totals = bound_totals(m, m.diffusion, test, range(len(test)), seed=seed + 1, t_per_batch=25)
-    return CellResult(label, diverged or not finite, m.step, totals.total_bpd.mean().item(), q.fd,
-                      q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, train_s,
-                      time.perf_counter() - tick)
+    per_image = totals.total_bpd
+    return CellResult(label, diverged or not finite, m.step, per_image.mean().item(), standard_error(per_image),
+                      q.fd, q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, train_s,
+                      time.perf_counter() - tick, per_image.tolist())
+
+
+def standard_error(x: torch.Tensor) -> float:
+    """Standard error of the mean of ``x`` (over images)."""
+    return (x.std() / math.sqrt(x.numel())).item()
+
+
+def paired_differences(rows: list[CellResult]) -> list[str]:
+    """Each cell's test bits/dim minus L_simple's, with the paired standard error over the same test images
+    (the images' own difficulty cancels, so it is smaller than either cell's)."""
+    simple = [r for r in rows if r.cell == CELLS[-1][0] and r.test_nll_per_image]
+    if not simple:
+        return []
+    base = torch.tensor(simple[0].test_nll_per_image, dtype=torch.float64)
+    lines = []
+    for r in rows:
+        if r is simple[0] or len(r.test_nll_per_image) != base.numel():
+            continue
+        d = torch.tensor(r.test_nll_per_image, dtype=torch.float64) - base
+        lines.append(f"- {r.cell} minus L_simple: {d.mean().item():+.3f} ± {standard_error(d):.3f} bits/dim "
+                     f"(paired over {d.numel()} test images)")
+    return lines
 
 
 def markdown(rows: list[CellResult], steps: int, n_samples: int, setup: str = "") -> str:
@@ -106,10 +132,12 @@ def markdown(rows: list[CellResult], steps: int, n_samples: int, setup: str = ""
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.cell} | {r.test_nll_bits_per_dim:.3f} | {r.fd:.2f} ({r.fd_real_vs_real:.2f}) | "
+        lines.append(f"| {r.cell} | {r.test_nll_bits_per_dim:.3f} ± {r.test_nll_stderr:.3f} | "
+                     f"{r.fd:.2f} ({r.fd_real_vs_real:.2f}) | "
                      f"{r.class_score:.2f} ({r.class_score_real:.2f}) | {r.confidence:.3f} | "
                      f"{'**yes** (stopped at step ' + str(r.steps_done) + ')' if r.diverged else 'no'} |")
-    return "\n".join(lines)
+    differences = paired_differences(rows)
+    return "\n".join(lines + ([""] + differences if differences else []))
 
 
 def main(argv: list[str] | None = None) -> None:

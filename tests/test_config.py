@@ -19,10 +19,12 @@ from ddpm.config import (
     RunConfig,
     UNetConfig,
     check_resume_config,
+    config_differences,
     migrate,
     network_out_channels,
     override,
     preset,
+    to_dict,
 )
 from ddpm.loading import load_model
 from ddpm.nets import network_for
@@ -92,6 +94,12 @@ def test_a_beta_the_schedule_does_not_read_is_refused() -> None:
 
 
 # --- one fact, one place -------------------------------------------------------------------------
+
+def test_the_likelihood_digits_preset_differs_from_the_quickstart_s_in_beta_1_and_steps_alone() -> None:
+    # docs/experiments.md measures the two changes one at a time: nothing else may drift apart
+    a, b = to_dict(preset("digits")), to_dict(preset("digits-nll"))
+    assert config_differences(a, b) == ["diffusion.beta_start", "name", "train.total_steps"]
+    assert preset("digits-nll").diffusion.beta_start ** 0.5 == pytest.approx(0.05)
 
 def test_the_sample_shape_and_output_channels_follow_from_the_configs() -> None:
     digits, toy = preset("digits"), preset("toy2d")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig, override, preset
+from ..config import PRESETS, ConfigError, RunConfig, override, preset
 from .options import add_device
 from .overrides import add_override_help, parse_overrides
 
@@ -14,8 +14,7 @@ from .overrides import add_override_help, parse_overrides
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (Algorithm 1)",
                        description="Train a DDPM. Single process, or several with torchrun (DDP).")
-    p.add_argument("--preset", help="named config: cifar10, celebahq256, lsun_church256, lsun_bedroom256, "
-                                    "lsun_cat256, digits, toy2d (optional with --resume)")
+    p.add_argument("--preset", help=f"named config: {', '.join(PRESETS)} (optional with --resume)")
     p.add_argument("--data", help="dataset path (CIFAR-10 archive or folder, image folder, LMDB, .npz)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, sample grids)")
     p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "latest-valid"),
