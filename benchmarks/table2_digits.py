@@ -63,6 +63,12 @@ class CellResult:
     test_nll_per_image: list[float] = field(default_factory=list)  # the same 180 test images in every cell
 
 
+def cell_dir(out: Path, mean_type: str, var_type: str, loss_type: str, t_sampler: str) -> Path:
+    """A cell's run folder; a cell trained on L with importance-sampled t has its own."""
+    importance = loss_type == "vlb" and t_sampler != "uniform"
+    return out / (f"{mean_type}-{var_type}-{loss_type}" + ("-importance" if importance else ""))
+
+
 def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: str, steps: int, n_samples: int,
              seed: int, ema_decay: float | None = None, weights: str = "ema",
              t_sampler: str = "uniform") -> CellResult:
@@ -75,7 +81,7 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
     if loss_type == "vlb":
         changes["t_sampler"] = t_sampler
     cfg = override(preset("digits"), **changes)
-    run_dir = out / f"{mean_type}-{var_type}-{loss_type}" + ("" if cfg.train.t_sampler == "uniform" else "-importance")
+    run_dir = cell_dir(out, mean_type, var_type, loss_type, cfg.train.t_sampler)
     tick = time.perf_counter()
     diverged = False
     try:
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, *kinds in chosen:
         rows.append(run_cell(out, label, *kinds, args.steps, args.samples, args.seed, args.ema_decay, args.weights,
                              args.t_sampler))
-        print(f"{label}: {asdict(rows[-1])}", flush=True)
+        shown = {k: v for k, v in asdict(rows[-1]).items() if k != "test_nll_per_image"}
+        print(f"{label}: {shown}", flush=True)
     setup = ", ".join(x for x in (f"EMA decay {args.ema_decay}" if args.ema_decay is not None else "",
                                   f"t for L drawn {args.t_sampler}" if args.t_sampler != "uniform" else "") if x)
     table = markdown(rows, args.steps, args.samples, setup)
