@@ -22,9 +22,10 @@ from typing import Any
 from ddpm.checkpoint import latest_checkpoint
 from ddpm.config import RunConfig, override, preset
 from ddpm.data import dataset_for
+from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.digits_metric import evaluate_digits
 from ddpm.evaluation.nll import bound_totals
-from ddpm.loading import load_model
+from ddpm.loading import LoadedModel, load_model
 from ddpm.processes import machine_line
 from ddpm.rng import per_item
 from ddpm.sampling import sample
@@ -47,18 +48,15 @@ def parse_run(spec: str) -> tuple[str, RunConfig]:
     return spec.replace(":", "_").replace("=", "-"), override(preset(name), **values)
 
 
-def bound(run_dir: Path, cfg: RunConfig, split: str, n: int) -> tuple[float, float]:
+def bound(m: LoadedModel, split: str, n: int) -> tuple[float, float]:
     """Mean and standard error of the full bound (bits/dim) over the first ``n`` images of ``split``."""
-    m = load_model(run_dir)
-    data = dataset_for(cfg, split)
+    data = dataset_for(m.config, split)
     totals = bound_totals(m, m.diffusion, data, range(min(n, len(data))), seed=1, t_per_batch=25)
-    x = totals.total_bpd
-    return x.mean().item(), (x.std() / math.sqrt(x.numel())).item()
+    return mean_and_stderr(totals.total_bpd)
 
 
-def sample_quality(run_dir: Path, n: int) -> tuple[float, float]:
+def sample_quality(m: LoadedModel, n: int) -> tuple[float, float]:
     """Digits Fréchet distance of ``n`` ancestral samples (all T steps) and of real against real."""
-    m = load_model(run_dir)
     x = sample(m, m.diffusion, (n, *m.sample_shape), per_item(0, "sample", range(n)))
     q = evaluate_digits(x, seed=0)
     return q.fd, q.fd_real_vs_real
@@ -82,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         if last is None or last.name != f"step_{cfg.train.total_steps:09d}":
             train(cfg, run_dir, resume=last is not None, progress=False)
         train_s = time.perf_counter() - tick
-        test, train_images = bound(run_dir, cfg, "test", args.images), bound(run_dir, cfg, "train", args.images)
-        fd, fd_real = sample_quality(run_dir, args.samples) if args.samples else (math.nan, math.nan)
+        m = load_model(run_dir)
+        test, train_images = bound(m, "test", args.images), bound(m, "train", args.images)
+        fd, fd_real = sample_quality(m, args.samples) if args.samples else (math.nan, math.nan)
         rows.append({"run": spec, "steps": cfg.train.total_steps, "train_s": train_s, "test_bpd": test[0],
                      "test_se": test[1], "train_bpd": train_images[0], "train_se": train_images[1],
                      "fd": fd, "fd_real_vs_real": fd_real})

@@ -24,6 +24,7 @@ import torch
 from ddpm.checkpoint import latest_checkpoint
 from ddpm.config import override, preset
 from ddpm.data import dataset_for
+from ddpm.evaluation.common import mean_and_stderr
 from ddpm.evaluation.digits_metric import evaluate_digits
 from ddpm.evaluation.nll import bound_totals
 from ddpm.loading import load_model
@@ -100,14 +101,9 @@ def run_cell(out: Path, label: str, mean_type: str, var_type: str, loss_type: st
     test = dataset_for(cfg, "test")
     totals = bound_totals(m, m.diffusion, test, range(len(test)), seed=seed + 1, t_per_batch=25)
     per_image = totals.total_bpd
-    return CellResult(label, diverged or not finite, m.step, per_image.mean().item(), standard_error(per_image),
-                      q.fd, q.fd_real_vs_real, q.class_score, q.class_score_real, q.confidence, train_s,
-                      time.perf_counter() - tick, per_image.tolist())
-
-
-def standard_error(x: torch.Tensor) -> float:
-    """Standard error of the mean of ``x`` (over images)."""
-    return (x.std() / math.sqrt(x.numel())).item()
+    return CellResult(label, diverged or not finite, m.step, *mean_and_stderr(per_image), q.fd, q.fd_real_vs_real,
+                      q.class_score, q.class_score_real, q.confidence, train_s, time.perf_counter() - tick,
+                      per_image.tolist())
 
 
 def paired_differences(rows: list[CellResult]) -> list[str]:
@@ -121,9 +117,9 @@ def paired_differences(rows: list[CellResult]) -> list[str]:
     for r in rows:
         if r is simple[0] or len(r.test_nll_per_image) != base.numel():
             continue
-        d = torch.tensor(r.test_nll_per_image, dtype=torch.float64) - base
-        lines.append(f"- {r.cell} minus L_simple: {d.mean().item():+.3f} ± {standard_error(d):.3f} bits/dim "
-                     f"(paired over {d.numel()} test images)")
+        mean, stderr = mean_and_stderr(torch.tensor(r.test_nll_per_image, dtype=torch.float64) - base)
+        lines.append(f"- {r.cell} minus L_simple: {mean:+.3f} ± {stderr:.3f} bits/dim "
+                     f"(paired over {base.numel()} test images)")
     return lines
 
 

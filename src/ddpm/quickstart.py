@@ -8,7 +8,6 @@ and the HTML report.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from .checkpoint import latest_checkpoint
 from .config import ConfigError, RunConfig, check_int, check_seed, override, preset, shown
 from .data import dataset_for
 from .diffusion import GaussianDiffusion
+from .evaluation.common import mean_and_stderr
 from .evaluation.digits_metric import DigitsQuality, evaluate_digits
 from .evaluation.figures import SamplerRun, plot_loss_curve, plot_rate_distortion, plot_sampler_comparison
 from .evaluation.nll import BoundTotals, bound_totals
@@ -173,11 +173,10 @@ def _quickstart(out: Path, cfg: RunConfig, options: QuickstartOptions) -> Quicks
     x_test = torch.stack([test[i] for i in range(min(100, len(test)))])
     shown_run = next(c for c in comparison if (c["sampler"], c["steps"]) == (options.sampler, options.sampler_steps))
     figures = _figures(out, net, diffusion, x_anc, x_few, x_test, totals, options, device, q_anc, comparison)
-    total = totals.total_bpd
+    nll, nll_stderr = mean_and_stderr(totals.total_bpd)
     result = QuickstartResult(
         out_dir=str(out), train_steps=cfg.train.total_steps, train_seconds=timings["train_s"],
-        test_nll_bits_per_dim=total.mean().item(),
-        test_nll_stderr=(total.std() / math.sqrt(total.numel())).item() if total.numel() > 1 else math.nan,
+        test_nll_bits_per_dim=nll, test_nll_stderr=nll_stderr,
         prior_bits_per_dim=totals.prior_bpd.mean().item(), decoder_bits_per_dim=totals.decoder_bpd.mean().item(),
         ancestral={"steps": diffusion.T, **q_anc}, few_step=shown_run, comparison=comparison, seconds=timings,
     )
