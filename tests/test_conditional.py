@@ -131,6 +131,25 @@ def test_a_trained_conditional_model_keeps_its_class_names_and_unconditional_tra
     assert not any(k.startswith("class_embed") for k in u.net.state_dict())
 
 
+def test_resuming_on_data_with_other_classes_is_refused_and_nothing_is_lost(tmp_path):
+    def data(names):
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+                 labels=np.arange(40) % 2, class_names=np.array(names))
+    data(["cat", "dog"])
+    cfg = override(preset("digits"), **{**TINY, "total_steps": 3}, num_classes=2, dataset="npz",
+                   path=str(tmp_path / "d.npz"))
+    train(cfg, tmp_path / "run", progress=False, device="cpu")
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    data(["dog", "cat"])  # the same two classes, in the other order: label 0 now means "dog"
+    with pytest.raises(ValueError, match=r"classes 0 'dog', 1 'cat', but the run .* was trained on 0 'cat', 1 'dog'"):
+        train(override(cfg, total_steps=6), tmp_path / "run", resume=True, progress=False, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    data(["cat", "dog"])  # the run's own classes: it resumes
+    train(override(cfg, total_steps=6), tmp_path / "run", resume=True, progress=False, device="cpu")
+    assert load_model(tmp_path / "run").class_names == ("cat", "dog")
+
+
 def test_a_conditional_run_on_data_without_labels_fails_before_writing(tmp_path):
     np.savez(tmp_path / "u.npz", images=np.zeros((40, 8, 8), dtype=np.uint8))
     cfg = override(preset("digits"), **TINY, num_classes=2, dataset="npz", path=str(tmp_path / "u.npz"))

@@ -191,6 +191,26 @@ def test_real_vs_garbage(classifier: dm.DigitsClassifier, real_train: np.ndarray
             assert g.confidence < q.confidence_real - 0.2, (kind, g.confidence)
 
 
+def test_real_spread_predicts_how_much_a_real_sets_fd_varies(classifier: dm.DigitsClassifier,
+                                                             real_train: np.ndarray) -> None:
+    # 12 real sets of 256 drawn here, independently of the metric's own draws: their FDs should spread as the
+    # metric's fd_real_mean ± fd_real_sd says a generator that matches the data would.
+    rng = np.random.default_rng(2024)
+    sets = [real_train[rng.permutation(len(real_train))[:256]] for _ in range(12)]
+    qs = [dm.evaluate_digits(x, seed=3, classifier=classifier) for x in sets]
+    q = qs[0]
+    assert q.real_draws == dm.REAL_DRAWS and all(r.fd_real_sd == q.fd_real_sd for r in qs)  # depends on seed alone
+    fds = np.array([r.fd for r in qs])
+    assert 0.5 < fds.std(ddof=1) / q.fd_real_sd < 2.0, (fds, q.fd_real_mean, q.fd_real_sd)
+    assert abs(fds.mean() - q.fd_real_mean) < 3 * q.fd_real_sd / np.sqrt(len(fds)) + 0.2 * q.fd_real_sd
+    assert 0.5 < q.fd_real_sd < 0.5 * q.fd_real_mean  # 256 images: an FD of ~12 ± ~2
+    larger = dm.evaluate_digits(real_train[:1000], seed=3, classifier=classifier)
+    assert larger.fd_real_sd < q.fd_real_sd and larger.fd_real_mean < q.fd_real_mean  # less bias, less spread
+    whole = dm.evaluate_digits(np.concatenate([real_train, real_train]), seed=3, classifier=classifier)
+    assert whole.n_real == len(real_train) and whole.fd_real_sd < 1e-4  # every draw: the whole train split (reordered)
+    assert whole.fd_real_mean == pytest.approx(whole.fd_real_vs_real)
+
+
 def test_digits_frechet_distance_and_score(classifier: dm.DigitsClassifier, real_train: np.ndarray) -> None:
     test_x = digits_arrays("test")[0]
     fd_real = dm.digits_frechet_distance(real_train[:500], test_x, classifier)

@@ -21,7 +21,7 @@ from .config import ConfigError, RunConfig, check_int, check_seed, override, pre
 from .data import dataset_for
 from .diffusion import GaussianDiffusion
 from .evaluation.common import mean_and_stderr
-from .evaluation.digits_metric import DigitsQuality, evaluate_digits
+from .evaluation.digits_metric import DigitsQuality, evaluate_digits, real_fd_text
 from .evaluation.figures import SamplerRun, plot_loss_curve, plot_rate_distortion, plot_sampler_comparison
 from .evaluation.nll import BoundTotals, bound_totals
 from .evaluation.progressive import evenly_spaced_times, progressive_x0
@@ -221,7 +221,7 @@ def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_an
     if comparison:
         runs = [SamplerRun(c["sampler"], c["steps"], c["fd"], c["spacing"]) for c in comparison]
         figures.append(Figure(plot_sampler_comparison(out / "samplers.png", runs, SamplerRun(
-            "ancestral", diffusion.T, q_anc["fd"]), q_anc["fd_real_vs_real"]).name,
+            "ancestral", diffusion.T, q_anc["fd"]), q_anc["fd_real_mean"], q_anc["fd_real_sd"]).name,
             f"Sample quality against network evaluations ({options.n_samples} samples each, the same seeds)", "wide"))
     figures.append(Figure(plot_loss_curve(out / "loss.png", out / "run" / "log.csv").name,
                           "Training loss (L_simple), overall and by quartile of t", "wide"))
@@ -236,10 +236,10 @@ def _summary_rows(r: QuickstartResult) -> list[tuple[str, str]]:
         ("test NLL (full bound, Eq. 5)", f"{r.test_nll_bits_per_dim:.3f} ± {r.test_nll_stderr:.3f} bits/dim "
                                          f"(L_T {r.prior_bits_per_dim:.2e}, L_0 {r.decoder_bits_per_dim:.3f})"),
         (f"ancestral ({a['steps']} steps): Fréchet distance",
-         f"{a['fd']:.2f} (real vs real: {a['fd_real_vs_real']:.2f})"),
+         f"{a['fd']:.2f} ({real_fd_text(a)})"),
         ("ancestral: classifier confidence", f"{a['confidence']:.3f} (real: {a['confidence_real']:.3f})"),
         (f"{f['sampler']} ({f['steps']} steps): Fréchet distance",
-         f"{f['fd']:.2f} (real vs real: {f['fd_real_vs_real']:.2f})"),
+         f"{f['fd']:.2f} ({real_fd_text(f)})"),
         (f"{f['sampler']}: classifier confidence", f"{f['confidence']:.3f} (real: {f['confidence_real']:.3f})"),
     ]
     return rows

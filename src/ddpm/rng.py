@@ -42,7 +42,7 @@ Purpose = Literal[
     "toy2d",            # the fixed points of the toy 2-D data: index (0,) train, (1,) test
     "analytic-gamma",   # the Monte-Carlo draws of Analytic-DPM's Γ estimate
     "classifier",       # the digits classifier: weights, data order and shifts
-    "digits-reference",  # the reference images drawn by the digits metric
+    "digits-reference",  # the reference and real images drawn by the digits metric; index (k,): real draw k
     "inception-score",  # the split permutation inside torchmetrics' Inception Score
     "label-dropout",    # which labels of a training step's global batch become "no class": index (step,)
 ]  # new purposes go last: a purpose's position is part of every seed (seed_for)

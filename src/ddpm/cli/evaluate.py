@@ -288,6 +288,7 @@ def register_fid(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fid_cmd(args: argparse.Namespace) -> int:
+    from ..evaluation.digits_metric import real_fd_text
     from ..evaluation.fid import FidDependencyError
     from ..evaluation.quality import FidOptions, run_fid
 
@@ -301,7 +302,7 @@ def run_fid_cmd(args: argparse.Namespace) -> int:
         return 0
     if r.digits is not None:
         q = r.digits
-        print(f"digits Fréchet distance {q.fd:.3f} (real vs real {q.fd_real_vs_real:.3f}), class score "
+        print(f"digits Fréchet distance {q.fd:.3f} ({real_fd_text(q)}), class score "
               f"{q.class_score:.3f} (real {q.class_score_real:.3f}), confidence {q.confidence:.3f} "
               f"(real {q.confidence_real:.3f}), {q.n_samples} samples -> {r.json}")
     elif r.fid is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..evaluation.digits_metric import real_fd_text
 from ..quickstart import COMPARED, QuickstartOptions, quickstart
 from ..sampling import SAMPLERS
 from .options import DEVICE_HELP, Flag, add_options, build
@@ -40,10 +41,9 @@ def run(args: argparse.Namespace) -> int:
     r = quickstart(args.out, build(QuickstartOptions, args))
     a, d = r.ancestral, r.few_step
     print(f"test NLL: {r.test_nll_bits_per_dim:.3f} ± {r.test_nll_stderr:.3f} bits/dim (full bound)")
-    print(f"ancestral ({a['steps']} steps): Fréchet distance {a['fd']:.2f} (real vs real {a['fd_real_vs_real']:.2f}), "
+    print(f"ancestral ({a['steps']} steps): Fréchet distance {a['fd']:.2f} ({real_fd_text(a)}), "
           f"confidence {a['confidence']:.3f} (real {a['confidence_real']:.3f})")
-    print(f"{d['sampler']} ({d['steps']} steps): Fréchet distance {d['fd']:.2f} "
-          f"(real vs real {d['fd_real_vs_real']:.2f}), "
+    print(f"{d['sampler']} ({d['steps']} steps): Fréchet distance {d['fd']:.2f} ({real_fd_text(d)}), "
           f"confidence {d['confidence']:.3f} (real {d['confidence_real']:.3f})")
     print(f"report: {r.out_dir}/report.html")
     return 0

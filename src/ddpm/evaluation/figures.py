@@ -124,9 +124,9 @@ class SamplerRun:
 
 
 def plot_sampler_comparison(path: str | Path, runs: Sequence[SamplerRun], reference: SamplerRun | None,
-                            fd_real_vs_real: float) -> Path:
+                            real_mean: float, real_sd: float) -> Path:
     """Fréchet distance against network evaluations, a line per sampler; ``reference`` (e.g. Algorithm 2 on all T
-    steps) and real-vs-real as levels."""
+    steps) as a level, and sets of real images as a band (mean ± sd of their FDs: how much one set's FD varies)."""
     fig, ax = plt.subplots(figsize=_column_figsize(520))
     if reference is not None:
         ax.axhline(reference.fd, color="black", linestyle="--",
@@ -134,7 +134,9 @@ def plot_sampler_comparison(path: str | Path, runs: Sequence[SamplerRun], refere
     for name in dict.fromkeys(r.sampler for r in runs):
         mine = sorted((r for r in runs if r.sampler == name), key=lambda r: r.steps)
         ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({mine[0].spacing})")
-    ax.axhline(fd_real_vs_real, color="grey", linestyle=":", label=f"real vs real ({fd_real_vs_real:.2f})")
+    ax.axhspan(real_mean - real_sd, real_mean + real_sd, color="grey", alpha=0.2, lw=0,
+               label=f"sets of real digits ({real_mean:.2f} ± {real_sd:.2f})")
+    ax.axhline(real_mean, color="grey", linestyle=":")
     ax.set_xscale("log")
     steps = sorted({r.steps for r in runs})
     ax.set_xticks(steps, [str(k) for k in steps])  # the measured step counts, not 2×10¹
