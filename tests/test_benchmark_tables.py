@@ -1,4 +1,4 @@
-"""The benchmark scripts' own logic (run folders, run specs, the tables' statistics) without training anything."""
+"""The benchmark scripts' own logic (run folders, run specs, the tables' statistics), training a few steps at most."""
 
 from __future__ import annotations
 
@@ -66,3 +66,21 @@ def test_a_likelihood_run_spec_is_a_preset_with_overrides() -> None:
     assert name == "digits_beta_start-0.0025_total_steps-3000_schedule-linear"
     assert (cfg.diffusion.beta_start, cfg.train.total_steps, cfg.diffusion.schedule) == (0.0025, 3000, "linear")
     assert likelihood.parse_run("digits-nll")[1].diffusion.beta_start == 0.0025
+
+
+def test_bench_samplers_reports_the_spread_over_seeds_and_the_real_band() -> None:
+    bench = _script("bench_samplers")
+    row = bench.BenchRow("sde-dpm++2m", 20, 0.0, "logsnr", 256, (0, 1, 2), 1.0, 256.0, 12.0, 2.0, (10.0, 12.0, 14.0),
+                         13.27, 2.79, 8.5, 9.2, 0.95, 0.98)
+    table = bench.markdown([row])
+    assert "mean ± sd of 3 seeds" in table and "| 12.00 ± 2.00 (13.27 ± 2.79) |" in table
+    one = bench.BenchRow(*[*row.__dict__.values()][:5], (0,), 1.0, 256.0, 12.0, None, (12.0,), 13.27, 2.79,
+                         8.5, 9.2, 0.95, 0.98)
+    assert "| 12.00 (13.27 ± 2.79) |" in bench.markdown([one])
+
+
+def test_conditional_step_alternates_two_resumed_runs(tmp_path: Path) -> None:
+    step = _script("conditional_step")
+    rates = step.measure(tmp_path, chunks=2, chunk_steps=2)
+    assert set(rates) == {"unconditional", "class-conditional"}
+    assert all(len(r) == 2 and min(r) > 0 for r in rates.values())  # one log row per chunk: each run resumed once

@@ -222,7 +222,9 @@ def _figures(out: Path, net: torch.nn.Module, diffusion: GaussianDiffusion, x_an
         runs = [SamplerRun(c["sampler"], c["steps"], c["fd"], c["spacing"]) for c in comparison]
         figures.append(Figure(plot_sampler_comparison(out / "samplers.png", runs, SamplerRun(
             "ancestral", diffusion.T, q_anc["fd"]), q_anc["fd_real_mean"], q_anc["fd_real_sd"]).name,
-            f"Sample quality against network evaluations ({options.n_samples} samples each, the same seeds)", "wide"))
+            f"Sample quality against network evaluations ({options.n_samples} samples each, the same seeds; one draw "
+            f"each). The band: FDs of sets of {options.n_samples} real digits, mean ± sd; single FDs closer than "
+            "its width are not told apart", "wide"))
     figures.append(Figure(plot_loss_curve(out / "loss.png", out / "run" / "log.csv").name,
                           "Training loss (L_simple), overall and by quartile of t", "wide"))
     return figures
