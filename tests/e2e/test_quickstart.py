@@ -62,6 +62,10 @@ def test_outputs_and_same_numbers_on_a_second_run(tiny_run):
     assert ra["machine"]["torch_threads"] == torch.get_num_threads()
     assert set(ra["seconds"]) == {"train_s", "ancestral_s", "few_step_s", "nll_s", "quality_s"}
     assert a.ancestral["fd_real_vs_real"] > 0
+    # the spread of real sets of the same size, in the results and in the report's summary
+    q = a.ancestral
+    assert q["real_draws"] == 20 and q["fd_real_sd"] > 0 and q["n_real"] == 8
+    assert f"{q['fd_real_mean']:.2f} ± {q['fd_real_sd']:.2f}" in (out / "a" / "report.html").read_text()
 
 
 def _chromium() -> str | None:
