@@ -13,6 +13,8 @@ from _eval_tiny import one_thread, png_size, tiny_config  # noqa: F401 (autouse 
 from ddpm.checkpoint import load_checkpoint, save_model
 from ddpm.cli import main
 from ddpm.config import ConfigError, RunConfig, check_resume_config, override, preset
+from ddpm.data import dataset_for
+from ddpm.evaluation.common import check_model_classes
 from ddpm.loading import load_model
 from ddpm.nets import network_for
 from ddpm.rng import generator
@@ -145,6 +147,8 @@ def test_resuming_on_data_with_other_classes_is_refused_and_nothing_is_lost(tmp_
     with pytest.raises(ValueError, match=r"classes 0 'dog', 1 'cat', but the run .* was trained on 0 'cat', 1 'dog'"):
         train(override(cfg, total_steps=6), tmp_path / "run", resume=True, progress=False, device="cpu")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    with pytest.raises(ValueError, match=r"classes 0 'dog', 1 'cat', but the model's are 0 'cat', 1 'dog'"):
+        check_model_classes(load_model(tmp_path / "run"), dataset_for(cfg, "train"))  # the evaluations' twin check
     data(["cat", "dog"])  # the run's own classes: it resumes
     train(override(cfg, total_steps=6), tmp_path / "run", resume=True, progress=False, device="cpu")
     assert load_model(tmp_path / "run").class_names == ("cat", "dog")

@@ -6,6 +6,7 @@ A clean clone has only the committed files, so a figure that was written but nev
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -19,13 +20,14 @@ _MD_LINK = re.compile(r"\]\(([^)\s]+)\)")              # [text](target) and ![al
 _HTML_LINK = re.compile(r"""(?:src|href)=["']([^"']+)["']""")
 
 
-def committed_files() -> set[Path] | None:
+@functools.cache
+def committed_files() -> frozenset[Path] | None:
     """The files git tracks (staged included), or None outside a git checkout (then existence is checked)."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    return {(ROOT / name).resolve() for name in out.decode().split("\0") if name}
+    return frozenset((ROOT / name).resolve() for name in out.decode().split("\0") if name)
 
 
 def relative_targets(page: Path) -> list[str]:

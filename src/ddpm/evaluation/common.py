@@ -124,12 +124,20 @@ def load_split(cfg: RunConfig, choice: DataChoice) -> Dataset[torch.Tensor]:
 def check_model_classes(model: LoadedModel, dataset: Dataset[torch.Tensor]) -> np.ndarray:
     """The labels (N,) of ``dataset`` for a class-conditional ``model``: its classes must be the model's."""
     assert model.num_classes is not None
-    names = class_names_for(dataset, model.num_classes)  # the count and the label range
-    data_names = dataset_labels(dataset)[1]
-    if model.class_names is not None and data_names is not None and tuple(data_names) != tuple(model.class_names):
-        raise DataError(f"{dataset!r} names its classes {known_classes(names)}, but the model's are "
-                        f"{known_classes(model.class_names)}")
-    return dataset_labels(dataset)[0]
+    class_names_for(dataset, model.num_classes)  # the count and the label range
+    labels, data_names = dataset_labels(dataset)
+    check_same_classes(dataset, data_names, model.class_names, "the model's are")
+    return labels
+
+
+def check_same_classes(dataset: Dataset, names: Sequence[str] | None, expected: Sequence[str] | None, whose: str,
+                       hint: str = "") -> None:
+    """A DataError unless a dataset's class ``names`` are the ``expected`` ones in the same order (either None:
+    nothing to compare), saying ``whose`` the expected ones are."""
+    if names is None or expected is None or tuple(names) == tuple(expected):
+        return
+    raise DataError(f"{dataset!r} has the classes {known_classes(names)}, but {whose} {known_classes(expected)}"
+                    + (f"; {hint}" if hint else ""))
 
 
 def limited(n: int, limit: int | None) -> int:

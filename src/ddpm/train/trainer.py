@@ -32,9 +32,9 @@ from ..checkpoint import (
     set_aside_checkpoint,
 )
 from ..config import ConfigError, RunConfig, check_resume_config
-from ..data import DataError, LabelledDataset, dataset_for, random_flip
+from ..data import LabelledDataset, dataset_for, random_flip
 from ..diffusion import GaussianDiffusion
-from ..evaluation.common import is_image_model
+from ..evaluation.common import check_same_classes, is_image_model
 from ..images import save_image_grid, to_display_uint8
 from ..loading import CLASS_NAMES_KEY, shape_problems
 from ..nets import network_for
@@ -52,7 +52,6 @@ from ..processes import (
 )
 from ..rng import GlobalNoise, generator, seed_torch
 from ..sampling import Conditioned, sample
-from ..sampling.guidance import known_classes
 from .ema import EMA
 from .logging import TrainingLog, Window
 from .t_sampling import t_sampler_for
@@ -156,7 +155,11 @@ class Trainer:
         self.seen_latest = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
         if self.resume_from is not None:
             check_resume_config(cfg, self.resume_from.config)
-            check_resume_classes(self.dataset, self.resume_from.extra.get(CLASS_NAMES_KEY), self.run_dir)
+            if isinstance(self.dataset, LabelledDataset):  # class k must go on meaning class k (a renamed folder)
+                check_same_classes(self.dataset.images, self.dataset.class_names,
+                                   self.resume_from.extra.get(CLASS_NAMES_KEY),
+                                   f"the run in {self.run_dir} was trained on",
+                                   "resume it on that data, or start a new run")
 
         seed_torch(tc.seed, "weights")  # the same initial weights in every process
         self.net = network_for(cfg).to(self.device)
@@ -388,15 +391,6 @@ class Trainer:
                    classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
         save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
-
-
-def check_resume_classes(dataset: Dataset, saved: list[str] | None, run_dir: Path) -> None:
-    """A class-conditional run resumes on data whose classes are the ones it was trained with, in the same order:
-    otherwise class k's embedding would go on learning another class's images (a renamed or re-sorted folder)."""
-    if saved is None or not isinstance(dataset, LabelledDataset) or tuple(saved) == dataset.class_names:
-        return
-    raise DataError(f"--resume: {dataset.images!r} has the classes {known_classes(dataset.class_names)}, but the run "
-                    f"in {run_dir} was trained on {known_classes(saved)}; resume it on that data, or start a new run")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: Resume = False, device: str = DEFAULT_DEVICE,
