@@ -137,6 +137,9 @@ def test_classes_by_name_or_index_and_clear_errors(model):
         class_index("cat", names)
     with pytest.raises(ConfigError, match=r"class 3 is not a class .* 2 'bird'"):
         class_index(3, names)
+    for odd in ("²", "1.0", "-1", " ", "1_0"):  # digits int() refuses or reads otherwise: the same clear error
+        with pytest.raises(ConfigError, match=r"is not a class of this model"):
+            class_index(odd, names)
     assert class_labels(net, "all", 20).tolist() == [k for k in range(K) for _ in range(2)]
     assert class_labels(net, 7, 3).tolist() == [7, 7, 7] and class_labels(net, None, 3) is None
     with pytest.raises(ConfigError, match=r"classes='all' .* 10 classes: the number of samples \(15\) must be"):

@@ -55,7 +55,7 @@ def class_index(value: int | str, names: Sequence[str], option: str = "class") -
     if isinstance(value, str):
         if value in names:
             return list(names).index(value)
-        if value.strip().isdigit():
+        if value.strip().isdecimal():  # not isdigit: '²' is a digit that int() refuses
             value = int(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < len(names):
         return int(value)
