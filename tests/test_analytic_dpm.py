@@ -12,6 +12,7 @@ from ddpm.sampling.analytic import (
     AnalyticDiffusion,
     analytic_ddim_steps,
     analytic_ddpm_steps,
+    capped_last_noise,
     chain_variances,
     estimate_gamma,
     lambda2,
@@ -142,6 +143,31 @@ def test_samplers_run_and_refuse_a_diffusion_without_the_estimate():
         assert x0.shape == x_T.shape and torch.isfinite(x0).all()
     with pytest.raises(ConfigError, match=r"^an Analytic-DPM sampler needs the Γ estimate"):
         next(analytic_ddpm_steps(model, base, x_T))
+
+
+@pytest.mark.parametrize("fn,grey_levels", [(analytic_ddpm_steps, 2.0), (analytic_ddim_steps, 1.0)])
+def test_samplers_cap_the_noise_of_the_step_to_the_first_kept_time_and_the_bound_does_not(fn, grey_levels):
+    """The authors' sampling runs: σ² of the step 2 → 1 of the chain at most (c·2/255)²·π/2 (c = 2 for DDPM, 1 DDIM)."""
+    base = full()
+    chain = AnalyticDiffusion(base, gamma_closed_form(base)).with_steps(10)  # what the bound uses: no cap
+    cap = (grey_levels * 2 / 255) ** 2 * math.pi / 2
+    eta = 1.0 if fn is analytic_ddpm_steps else 0.0
+    uncapped = AnalyticDiffusion(base, gamma_closed_form(base), eta).with_steps(10).variances
+    assert uncapped[1] > 20 * cap and torch.equal(chain.variances, AnalyticDiffusion(base, chain.gamma).with_steps(
+        10).variances)  # the cap would bite, and the bound's chain keeps σ*²
+    # one x_2 repeated: the spread of the x_1 the sampler draws from it is the σ² it used
+    n = 20_000
+    x_2 = torch.full((n, 1), 0.7, dtype=torch.float64)
+    steps = list(fn(exact_eps(base), chain, x_2, GlobalNoise(torch.Generator().manual_seed(0)), False, t_start=2))
+    assert [s.t for s in steps] == [2, 1]
+    x_1 = steps[0].x
+    assert torch.allclose(x_1.var(), torch.tensor(cap, dtype=torch.float64), rtol=0.05)  # sd of the estimate ~1%
+    # and the formula itself: only index 1 changes, never upwards; a one-step chain has no noisy step
+    v = torch.tensor([1e-6, 0.5, 0.3], dtype=torch.float64)
+    capped = capped_last_noise(v, 17, 2.0)
+    assert capped.tolist() == [1e-6, (2 * 2 / 16) ** 2 * math.pi / 2, 0.3]
+    assert torch.equal(capped_last_noise(torch.tensor([1e-6, 1e-4]), 256, 2.0), torch.tensor([1e-6, 1e-4]))
+    assert torch.equal(capped_last_noise(torch.tensor([0.4]), 256, 1.0), torch.tensor([0.4]))
 
 
 def test_a_gamma_estimate_too_short_or_lacking_steps_is_refused():

@@ -17,6 +17,12 @@ per coordinate gives σ*² ≤ λ² + d_λ² ((b − a)/2)² (Theorem 2's second
 [0, 1], so σ² is clipped into these bounds (the paper's clipping). These formulas are written from the paper's
 statements as recalled and re-derived here from first principles (the paper itself could not be consulted).
 
+Sampling (not the bound) also caps the noise of the step that lands on the chain's first kept time, as the authors'
+sample-quality runs do (their code's ``clip_sigma_idx = 1``): E|σ z| = σ √(2/π) at most c grey levels, i.e.
+σ² ≤ (c Δ)² π/2 with Δ = 2/(L − 1) the level spacing on [-1, 1] (2/255 for 256 levels), c = 2 for Analytic-DDPM
+and 1 for Analytic-DDIM (their ``clip_pixel``). At few steps that step's σ*² is large and its noise is not removed
+again by the final, noiseless step.
+
 The mathematics takes only schedule tables and ε-predictions: no network import.
 """
 
@@ -141,6 +147,20 @@ def chain_variances(schedule: Schedule, gamma: Tensor, eta: float = 1.0,
     return optimal_variance(a_s, a_t, lambda2(a_s, a_t, eta), g, data_half_range).clamp(min=MIN_VARIANCE)
 
 
+def capped_last_noise(variances: Tensor, levels: int, grey_levels: float) -> Tensor:
+    """The chain's σ² with the step to its first kept time (index 1) capped at (c Δ)² π/2, Δ = 2/(L − 1), c =
+    ``grey_levels``: that step's noise then moves a pixel by at most c grey levels on average (E|σ z| = σ √(2/π))."""
+    if variances.numel() < 2:
+        return variances  # a one-step chain adds no noise at all
+    cap = (grey_levels * 2.0 / (levels - 1)) ** 2 * math.pi / 2
+    out = variances.clone()
+    out[1] = out[1].clamp(max=cap)
+    return out
+
+
+# c of ``capped_last_noise`` in the authors' sampling runs (their ``clip_pixel``), per family
+LAST_NOISE_GREY_LEVELS: dict[Family, float] = {"ddpm": 2.0, "ddim": 1.0}
+
 VarianceChoice = Literal["model", "analytic"]  # a chain's reverse variance: the model's Σ, or σ*² from Γ
 
 
@@ -152,10 +172,12 @@ class AnalyticDiffusion(GaussianDiffusion):
     ``gamma`` is per step of the original chain, so ``with_steps``/``respaced`` recompute σ*² for the new
     chain and every sampler, the bound and p_sample use it through ``p_mean_var``. ``eta`` = 1 is
     Analytic-DDPM (λ² = β̃, the posterior mean of Eq. 7); ``eta`` = 0 is Analytic-DDIM (λ² = 0).
+    ``last_noise_grey_levels`` (the samplers' c, ``capped_last_noise``) caps the noise of the step to the first
+    kept time; None, for the bound and the compressor, keeps σ*².
     """
 
     def __init__(self, base: GaussianDiffusion, gamma: Tensor, eta: float = 1.0,
-                 data_half_range: float | None = 1.0) -> None:
+                 data_half_range: float | None = 1.0, last_noise_grey_levels: float | None = None) -> None:
         super().__init__(base.schedule, base.mean_type, base.var_type, base.loss_type, base.levels,
                          base.hybrid_lambda)
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
@@ -163,12 +185,16 @@ class AnalyticDiffusion(GaussianDiffusion):
         self.gamma = torch.as_tensor(gamma, dtype=torch.float64)
         self.eta = float(eta)
         self.data_half_range = data_half_range
+        self.last_noise_grey_levels = last_noise_grey_levels
         self.variances = chain_variances(self.schedule, self.gamma, self.eta, data_half_range)
+        if last_noise_grey_levels is not None:
+            self.variances = capped_last_noise(self.variances, self.levels, last_noise_grey_levels)
         self.log_variances = self.variances.log()
 
     def respaced(self, use_steps: list[int]) -> AnalyticDiffusion:
         """The same model and Γ on a shorter chain: σ*² recomputed for its steps."""
-        return AnalyticDiffusion(super().respaced(use_steps), self.gamma, self.eta, self.data_half_range)
+        return AnalyticDiffusion(super().respaced(use_steps), self.gamma, self.eta, self.data_half_range,
+                                 self.last_noise_grey_levels)
 
     def with_steps(self, steps: int | None, spacing: Spacing = "uniform") -> AnalyticDiffusion:
         """``GaussianDiffusion.with_steps``, keeping the estimate."""
@@ -190,15 +216,16 @@ class AnalyticDiffusion(GaussianDiffusion):
         return PMeanVar(mean, gather(self.log_variances, t, n, dt).expand_as(x_t), p.pred_x0, p.pred_eps)
 
 
-def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
-                   clip_denoised: bool = True, t_start: int | None = None, *,
-                   eta: float | None = None) -> Iterator[SampleStep]:
-    """x_s = μ̃_λ(x_t, x̂₀) + σ*_t z for t = T..1 (z = 0 at t = 1) on an ``AnalyticDiffusion`` of either family."""
+def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, family: Family,
+                   noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True,
+                   t_start: int | None = None) -> Iterator[SampleStep]:
+    """x_s = μ̃_λ(x_t, x̂₀) + σ*_t z for t = T..1 (z = 0 at t = 1) with the Γ estimate of an ``AnalyticDiffusion``:
+    λ² of ``family``, and the last noisy step capped as the authors sample (``capped_last_noise``)."""
     if not isinstance(diffusion, AnalyticDiffusion):
         raise ConfigError("an Analytic-DPM sampler needs the Γ estimate (run `ddpm analytic-variance` on the "
                           "checkpoint); got a diffusion without one")
-    if eta is not None and eta != diffusion.eta:
-        diffusion = AnalyticDiffusion(diffusion, diffusion.gamma, eta, diffusion.data_half_range)
+    diffusion = AnalyticDiffusion(diffusion, diffusion.gamma, 1.0 if family == "ddpm" else 0.0,
+                                  diffusion.data_half_range, LAST_NOISE_GREY_LEVELS[family])
     # Algorithm 2's loop: AnalyticDiffusion's p_mean_var supplies μ̃_λ and σ*²
     yield from ancestral_steps(model, diffusion, x_T, noise, clip_denoised, t_start)
 
@@ -206,10 +233,10 @@ def analytic_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, nois
 def analytic_ddpm_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                         clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """Analytic-DDPM: ancestral steps with λ² = β̃ and σ*² from Γ (Bao et al. 2022)."""
-    return analytic_steps(model, diffusion, x_T, noise, clip_denoised, t_start, eta=1.0)
+    return analytic_steps(model, diffusion, x_T, "ddpm", noise, clip_denoised, t_start)
 
 
 def analytic_ddim_steps(model: Model, diffusion: GaussianDiffusion, x_T: Tensor, noise: Noise = GLOBAL_NOISE,
                         clip_denoised: bool = True, t_start: int | None = None) -> Iterator[SampleStep]:
     """Analytic-DDIM: DDIM's mean (λ² = 0) with the optimal noise σ*² = c_0²(1 − Γ_t) (Bao et al. 2022)."""
-    return analytic_steps(model, diffusion, x_T, noise, clip_denoised, t_start, eta=0.0)
+    return analytic_steps(model, diffusion, x_T, "ddim", noise, clip_denoised, t_start)
