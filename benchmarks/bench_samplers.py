@@ -10,6 +10,8 @@ Every sampler draws the same samples (sample i seeded by (seed, i)); each is sco
 metric (Fréchet distance of classifier features to the test split, classifier score) beside sets of real digits
 of the same size. One FD of a few hundred images varies by ±2–3 from one draw of samples to the next, so
 ``--seeds 0,1,2,3`` repeats every sampler with each seed's samples and reports the FDs' mean ± standard deviation.
+``--sigma2 beta-tilde`` (or ``beta``) samples a fixed-variance model with the other of the paper's two choices of
+σ_t² (Sec. 3.2) in every sampler that takes the model's variance (ancestral and its respacings).
 Prints a markdown table; ``--json`` also saves the rows.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ddpm.checkpoint import CheckpointError
+from ddpm.config import VarType
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.analytic_variance import analytic_diffusion, read_estimate
 from ddpm.evaluation.figures import SamplerRun, plot_sampler_comparison
@@ -77,9 +80,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--sigma2", choices=tuple(SIGMA2), default="model",
+                   help="σ_t² of the samplers that take the model's: its own (default), β or β̃ (Sec. 3.2)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--png", help="also plot Fréchet distance against network evaluations to this PNG")
     return p.parse_args(argv)
+
+
+# --sigma2: the fixed reverse variances of Sec. 3.2 (ddpm.config.VarType names)
+SIGMA2: dict[str, VarType | None] = {"model": None, "beta": "fixed_beta", "beta-tilde": "fixed_beta_tilde"}
+
+
+def with_sigma2(diffusion: GaussianDiffusion, choice: str) -> GaussianDiffusion:
+    """``diffusion`` with σ_t² = β_t or β̃_t instead of its own (``choice`` of SIGMA2); a learned Σ is refused."""
+    var_type = SIGMA2[choice]
+    if var_type is None:
+        return diffusion
+    if diffusion.learn_sigma:
+        raise SystemExit(f"--sigma2 {choice} replaces a fixed variance; this model learns Σ ({diffusion.var_type})")
+    d = diffusion
+    return GaussianDiffusion(d.schedule, d.mean_type, var_type, d.loss_type, d.levels, d.hybrid_lambda)
 
 
 def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: bool,
@@ -95,11 +115,11 @@ def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: 
 
 
 def bench(model: LoadedModel, spec: SamplerSpec, n: int, seeds: list[int], batch_size: int, device: str,
-          analytic: GaussianDiffusion | None = None) -> BenchRow:
+          analytic: GaussianDiffusion | None = None, base: GaussianDiffusion | None = None) -> BenchRow:
     """Draw n samples with one sampler per seed, time it, and score the samples (``analytic``: the diffusion
-    with Γ); class score and confidence are the first seed's."""
+    with Γ; ``base``: the others', default the model's); class score and confidence are the first seed's."""
     shape = model.sample_shape
-    diffusion = analytic if SAMPLERS[spec.sampler].needs_gamma else model.diffusion
+    diffusion = analytic if SAMPLERS[spec.sampler].needs_gamma else base or model.diffusion
     walls, qs = [], []
     for seed in seeds:
         tick = time.perf_counter()
@@ -158,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping the Analytic-DPM samplers: {e}", file=sys.stderr)
             samplers = [s for s in samplers if not SAMPLERS[s].needs_gamma]
     seeds = [int(k) for k in args.seeds.split(",") if k.strip()]
-    rows = [bench(model, spec, args.n, seeds, args.batch_size, args.device, analytic)
+    base = with_sigma2(model.diffusion, args.sigma2)
+    rows = [bench(model, spec, args.n, seeds, args.batch_size, args.device, analytic, base)
             for spec in specs(model.diffusion.T, samplers, steps, args.eta, not args.no_ancestral, args.spacing)]
-    print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}), {args.n} samples "
-          f"each, seeds {seeds}, device {args.device}; {machine_line()}\n")
+    print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}, σ² "
+          f"{base.var_type}), {args.n} samples each, seeds {seeds}, device {args.device}; {machine_line()}\n")
     print(markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))

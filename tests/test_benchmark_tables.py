@@ -10,6 +10,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -77,6 +78,23 @@ def test_bench_samplers_reports_the_spread_over_seeds_and_the_real_band() -> Non
     one = bench.BenchRow(*[*row.__dict__.values()][:5], (0,), 1.0, 256.0, 12.0, None, (12.0,), 13.27, 2.79,
                          8.5, 9.2, 0.95, 0.98)
     assert "| 12.00 (13.27 ± 2.79) |" in bench.markdown([one])
+
+
+def test_bench_samplers_swaps_the_fixed_reverse_variance_and_refuses_a_learned_one() -> None:
+    from ddpm.diffusion import GaussianDiffusion
+    from ddpm.schedules import Schedule, linear_betas
+
+    bench = _script("bench_samplers")
+    d = GaussianDiffusion(Schedule.from_betas(linear_betas(10, 1e-3, 0.2)), var_type="fixed_beta", levels=17)
+    assert bench.with_sigma2(d, "model") is d
+    tilde = bench.with_sigma2(d, "beta-tilde")
+    assert tilde.var_type == "fixed_beta_tilde" and tilde.schedule is d.schedule and tilde.levels == 17
+    x, t = torch.zeros(2, 3), torch.tensor([4, 9])
+    assert torch.equal(tilde.p_mean_var(lambda x, t: torch.zeros_like(x), x, t).log_var,
+                       d.schedule.beta_tilde_log_clipped[t - 1, None].float().expand(2, 3))  # paper t
+    learned = GaussianDiffusion(d.schedule, var_type="learned_range")
+    with pytest.raises(SystemExit, match="this model learns Σ"):
+        bench.with_sigma2(learned, "beta")
 
 
 def test_conditional_step_alternates_two_resumed_runs(tmp_path: Path) -> None:
