@@ -76,7 +76,7 @@ def draw(model: LoadedModel, n: int, seed: int, sampler: str, steps: int, labels
         hi = min(n, lo + batch)
         noise = per_item(seed, "sample", range(lo, hi))
         out.append(sample(model, model.diffusion, (hi - lo, *model.sample_shape), noise, sampler, steps,
-                          classes=None if labels is None else labels[lo:hi], guidance=guidance))
+                          spacing="uniform", classes=None if labels is None else labels[lo:hi], guidance=guidance))
     return torch.cat(out)
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from _eval_tiny import make_checkpoint, one_thread, png_size, run_cli  # noqa: F401 (autouse fixture)
 from ddpm.cli import main
@@ -80,3 +81,27 @@ def test_every_registered_sampler_runs_from_the_command_line(ckpt, tmp_path, cap
     images = np.load(out / "samples.npz")["images"]
     assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
     assert sampler in capsys.readouterr().out
+
+
+def test_each_sampler_takes_its_own_spacing_unless_told(ckpt, tmp_path):
+    from ddpm.rng import per_item
+    from ddpm.sampling import SAMPLERS, sample
+    from ddpm.sampling.registry import spacing_for
+
+    family = {"dpm++2m", "dpm++3m", "dpm++3m-taylor", "sde-dpm++2m"}  # DPM-Solver++: log-SNR (Lu et al. 2022)
+    assert {n for n, info in SAMPLERS.items() if info.spacing == "logsnr"} == family
+    assert all(SAMPLERS[n].spacing == "uniform" for n in SAMPLERS if n not in family)
+    assert spacing_for("dpm++2m", None) == "logsnr" and spacing_for("dpm++2m", "quadratic") == "quadratic"
+    m = load_model(ckpt)
+
+    def draw(sampler, spacing):
+        return sample(m, m.diffusion, (2, *m.sample_shape), per_item(0, "sample", range(2)), sampler, 6,
+                      spacing=spacing)
+
+    assert torch.equal(draw("dpm++2m", None), draw("dpm++2m", "logsnr"))
+    assert not torch.equal(draw("dpm++2m", None), draw("dpm++2m", "uniform"))
+    assert torch.equal(draw("ddim", None), draw("ddim", "uniform"))
+    out = tmp_path / "default"  # the command records the spacing it used
+    assert main(["sample", "--checkpoint", str(ckpt), "--out", str(out), "--n", "2", "--sampler", "sde-dpm++2m",
+                 "--steps", "6", "--no-progress"]) == 0
+    assert json.loads((out / "samples.json").read_text())["spacing"] == "logsnr"

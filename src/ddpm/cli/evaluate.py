@@ -149,7 +149,8 @@ SAMPLE_HELP = {
     "sampler": Flag("one of the samplers above", choices=SAMPLER_NAMES),
     "steps": "reverse steps (default: all T; fewer: respaced by --spacing)",
     "spacing": "which of the T steps a shorter chain uses: uniform, quadratic (denser near t = 1) or logsnr "
-               "(uniform in log-SNR)",
+               "(uniform in log-SNR) (default: the sampler's, logsnr for the DPM-Solver++ family, uniform for the "
+               "others)",
     "eta": "DDIM η >= 0; 0 is deterministic",
     "grid": "samples shown in the PNG (with --class all: one row per class, grid/K of each)",
     "name": "file stem",

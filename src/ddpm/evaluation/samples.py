@@ -26,6 +26,7 @@ from ..outputs import safe_name, write_npz
 from ..rng import per_item
 from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample
 from ..sampling.guidance import check_guidance, class_index, model_classes
+from ..sampling.registry import spacing_for
 from ..schedules import SPACINGS, Spacing
 from .common import CommonOptions, batched, is_image_model, session, write_json, write_run_info
 from .figures import plot_points
@@ -40,12 +41,12 @@ class SamplerSpec:
     steps: int | None = None             # None: all T steps; fewer: respaced by ``spacing``
     eta: float = 0.0                     # DDIM's η (0: deterministic)
     clip_denoised: bool = True           # clip x̂₀ to [-1, 1] at every step
-    spacing: Spacing = "uniform"         # which ``steps`` of the T (schedules.spaced_steps)
+    spacing: Spacing | None = None       # which ``steps`` of the T (schedules.spaced_steps); None: the sampler's
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"--sampler must be one of {', '.join(SAMPLER_NAMES)}, got {shown(self.sampler)}")
-        if self.spacing not in SPACINGS:
+        if self.spacing is not None and self.spacing not in SPACINGS:
             raise ConfigError(f"--spacing must be one of {', '.join(SPACINGS)}, got {shown(self.spacing)}")
         if self.steps is not None:
             check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_sample)
@@ -190,7 +191,8 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
     else:
         plot_points(png, samples, f"{len(samples)} samples")
     spec = options.spec
-    result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, spec.spacing,
+    spacing = spacing_for(spec.sampler, spec.spacing)
+    result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, spacing,
                           seconds,
                           len(samples) / seconds if seconds > 0 else math.nan, world_size, options.classes,
                           options.guidance)
