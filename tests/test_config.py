@@ -186,3 +186,17 @@ def test_a_checkpoint_written_by_ddpm_0_1_loads_and_computes_the_same(tmp_path: 
         out = model.net(expected["x"], expected["steps"])
     assert out.shape == (2, 2, 4, 4)
     torch.testing.assert_close(out, expected["out"], rtol=0, atol=1e-6)
+
+
+def test_a_hundred_thousand_levels_are_refused_in_one_short_line_naming_the_field() -> None:
+    d = to_dict(preset("digits"))
+    d["model"]["channel_mults"] = [1] * 100_000  # 2**99999 has 30,103 digits: too many for str() before
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict(d)
+    message = str(info.value)
+    assert "model.channel_mults has 100000 levels" in message and "2^99999" in message
+    assert len(message) < 300
+    d["model"]["channel_mults"] = [1, 2, 2]  # a few levels: the divisor is written out, as before
+    d["model"]["image_size"] = 10
+    with pytest.raises(ConfigError, match=r"model.image_size=10 must be divisible by 4 \(model.channel_mults"):
+        RunConfig.from_dict(d)

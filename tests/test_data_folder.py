@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,3 +169,25 @@ def test_works_with_a_dataloader(tmp_path: Path) -> None:
     ds = build_dataset(*cfg(tmp_path), "train", 256)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch.shape == (4, 3, 8, 8) and batch.min() >= -1 and batch.max() <= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_named_like_an_image_is_skipped_not_opened(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(3):
+        noise_image(tmp_path / f"ok{i}.png", seed=i)
+    fifo = tmp_path / "sub" / "stuck.png"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes: the listing hung forever before
+    (tmp_path / "link.png").symlink_to(tmp_path / "ok0.png")  # a link to an image is still an image
+    result: list[list[ImageFolderDataset]] = []
+    with caplog.at_level(logging.WARNING, logger="ddpm.data"):
+        worker = threading.Thread(target=lambda: result.append(build_both(tmp_path)), daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+    if worker.is_alive():  # a regression: release the reader (a writer's open lets it go on), then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the folder dataset hangs on a FIFO named like an image")
+    (both,) = result
+    assert sum(len(d) for d in both) == 4  # both splits (the FIFO fell in one): 3 images and the link
+    assert "not regular files" in caplog.text and "stuck.png" in caplog.text

@@ -323,11 +323,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.dataset='toy2d' holds 2-D points, but the model's samples have shape "
                           f"{m.sample_shape}: use an MLP model with dim=2 (the toy2d preset)")
     if isinstance(m, UNetConfig):
-        factor = 2 ** (len(m.channel_mults) - 1)
-        if m.image_size % factor:
+        halvings = len(m.channel_mults) - 1
+        # a size has fewer halvings than bits: checked first, so that 2**halvings is only built when small
+        if halvings >= m.image_size.bit_length() or m.image_size % 2**halvings:
+            factor = f"2^{halvings}" if halvings >= 64 else str(2**halvings)
             raise ConfigError(
-                f"model.image_size={m.image_size} must be divisible by {factor} "
-                f"(the U-Net halves it {len(m.channel_mults) - 1} times)"
+                f"model.image_size={shown(m.image_size)} must be divisible by {factor} (model.channel_mults "
+                f"has {len(m.channel_mults)} levels: the U-Net halves it {halvings} times)"
             )
         # an attention resolution the U-Net never reaches would silently add no attention at all
         sizes = [m.image_size // 2**i for i in range(len(m.channel_mults))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,33 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
+def _is_special(path: Path) -> bool:
+    """True for a FIFO, socket or device (opening a FIFO blocks until a writer comes); links count as their target.
+
+    An entry that cannot be stat'ed (a dangling link) is kept, so that reading it names the file as before.
+    """
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, extension case-insensitive, hidden entries skipped), sorted."""
-    found = []
+    """Image files under ``root`` (recursive, extension case-insensitive, hidden entries skipped), sorted.
+
+    Only regular files (or links to them) are images: a FIFO, socket or device with an image's name is left
+    out with a warning, like any other entry that is not an image file.
+    """
+    found, special = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for f in filenames:
             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, f))
+                path = Path(dirpath, f)
+                (special if _is_special(path) else found).append(path)
+    if special:
+        log.warning("%s: skipped %d entries that are not regular files (FIFOs, sockets or devices), e.g. %s",
+                    root, len(special), special[0])
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
