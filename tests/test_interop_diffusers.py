@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import pytest
 import torch
 
 from ddpm.config import DiffusionConfig, UNetConfig, network_out_channels
+from ddpm.interop import diffusers as diff_mod
 from ddpm.interop.diffusers import (
     DiffusersFormatError,
+    diffusion_config_from_scheduler,
     load_diffusers,
     save_diffusers,
     state_dict_from_diffusers,
@@ -377,7 +381,7 @@ def test_conditional_checkpoint_converts_both_ways_with_its_class_names(tmp_path
     ({"classes": {"num_classes": 9}}, r"must confirm with"),
     ({"classes": {"num_classes": 10, "class_names": ["a"] * 10}}, r"must list 10 distinct names"),
     ({"classes": {"num_classes": 10, "label_dropout": 2}}, r"label_dropout' must be a number in \[0, 1\]"),
-    ({"classes": {"num_classes": 10, "colour": 1}}, r"unknown fields \['colour'\]"),
+    ({"classes": {"num_classes": 10, "colour": 1}}, r"unknown fields \(1\): colour"),
 ])
 def test_conditional_import_checks_its_classes_section(tmp_path: Path, extra: dict, match: str) -> None:
     model = _diffusers_unet({**SMALL256_CONFIG, "num_class_embeds": 11}, seed=5)
@@ -386,3 +390,142 @@ def test_conditional_import_checks_its_classes_section(tmp_path: Path, extra: di
     (tmp_path / "ddpm.json").write_text(json.dumps(extra))
     with pytest.raises(DiffusersFormatError, match=match):
         load_diffusers(tmp_path)
+
+
+# --- hostile values: each a DiffusersFormatError naming the field, in one short line -----------------------------
+
+TINY = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                  attn_resolutions=(4,), dropout=0.0, num_groups=8)
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def _tiny_pipeline(path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_diffusers(path, TINY, DiffusionConfig(T=20, beta_end=0.2), UNet(TINY).state_dict())
+
+
+def _add_header_entry(file: Path, name: str, shape: list[int]) -> None:
+    """Add a tensor of no bytes (a 0 in its shape) to a safetensors header, whatever its other dimensions."""
+    raw = file.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data)]}
+    text = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+BIG = 10**400  # a JSON integer that float() cannot convert (OverflowError)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"norm_eps": None}, r"norm_eps=None; expected a number"),
+    ({"norm_eps": "abc"}, r"norm_eps='abc'; expected a number"),
+    ({"norm_eps": [1e-6]}, r"norm_eps=\[1e-06\]; expected a number"),
+    ({"norm_eps": BIG}, r"norm_eps=an integer of 1329 bits; expected a finite number"),
+    ({"norm_eps": math.nan}, r"norm_eps=nan; expected a finite number"),
+    ({"dropout": BIG}, r"dropout=an integer of 1329 bits; expected a finite number"),
+    ({"dropout": "0.5"}, r"dropout='0.5'; expected a number"),
+    ({"attention_head_dim": [256]}, r"attention_head_dim=\[256\]; expected an integer"),
+    ({"attention_head_dim": {}}, r"attention_head_dim=\{\}; expected an integer"),
+    ({"down_block_types": ["DownBlock2D", ["x"], "DownBlock2D", "DownBlock2D"]},
+     r"down_block_types contains \[\['x'\]\]"),
+    ({"up_block_types": [{}, "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}, r"up_block_types contains \[\{\}\]"),
+    ({"mid_block_type": "x" * 10**6}, r"mid_block_type='xxx.*…"),
+], ids=["eps_null", "eps_str", "eps_list", "eps_bigint", "eps_nan", "dropout_bigint", "dropout_str", "head_dim_list",
+        "head_dim_dict", "down_unhashable", "up_unhashable", "mid_1MB"])
+def test_hostile_unet_config_values_name_the_field(change: dict, match: str) -> None:
+    with pytest.raises(DiffusersFormatError, match=f"unet config {match}") as err:
+        unet_config_from_diffusers({**CIFAR10_CONFIG, **change})
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"beta_start": BIG}, r"beta_start=an integer of 1329 bits; expected a finite number"),
+    ({"beta_end": -BIG}, r"beta_end=an integer of 1329 bits; expected a finite number"),
+    ({"beta_start": math.nan}, r"beta_start=nan; expected a finite number"),
+    ({"trained_betas": [BIG] * 1000}, r"trained_betas=an integer of 1329 bits; expected a finite number"),
+    ({"variance_type": "v" * 10**6}, r"variance_type='vvv.*… is not supported"),
+], ids=["beta_start_bigint", "beta_end_bigint", "beta_start_nan", "trained_betas_bigint", "variance_1MB"])
+def test_hostile_scheduler_values_name_the_field(change: dict, match: str) -> None:
+    with pytest.raises(DiffusersFormatError, match=f"scheduler config {match}") as err:
+        diffusion_config_from_scheduler({"_class_name": "DDPMScheduler", **change})
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("name", ["conv_in.bias", "zzz"])
+@pytest.mark.parametrize("dim", [2**63 + 5, 2**64 - 1])
+def test_a_huge_dimension_in_a_safetensors_header_is_named(tmp_path: Path, name: str, dim: int) -> None:
+    """[0, 2**63+5] holds no bytes, but torch cannot make such a shape: compared as plain tuples, it is named."""
+    pipe = _tiny_pipeline(tmp_path / "pipe")
+    weights = pipe / WEIGHTS
+    if name != "zzz":  # the real tensor replaced by the crafted one
+        from safetensors.torch import load_file, save_file
+        save_file({k: v for k, v in load_file(weights).items() if k != name}, weights)
+    _add_header_entry(weights, name, [0, dim])
+    expected = (rf"shape mismatch \(1\): conv_in.bias: \(0, {dim}\) != expected \(16,\)" if name != "zzz"
+                else r"unexpected \(1\): zzz \(not a parameter of the DDPM U-Net\)")
+    with pytest.raises(DiffusersFormatError, match=expected):
+        load_diffusers(pipe)
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "bin"])
+@pytest.mark.parametrize("dtype, name", [(torch.int64, "I64|int64"), (torch.bool, "BOOL|bool"),
+                                         (torch.float8_e4m3fn, "F8_E4M3|float8_e4m3fn")], ids=["i64", "bool", "f8"])
+def test_non_float_weights_are_refused_at_import(tmp_path: Path, suffix: str, dtype: torch.dtype, name: str) -> None:
+    """They imported before and wrote a checkpoint that does not load (loading refuses non-float tensors)."""
+    pipe = _tiny_pipeline(tmp_path / "pipe")
+    weights = pipe / WEIGHTS
+    from safetensors.torch import load_file, save_file
+    state = {k: v.to(dtype) for k, v in load_file(weights).items()}
+    if suffix == "bin":
+        weights.unlink()
+        torch.save(state, weights.with_suffix(".bin"))
+    else:
+        save_file(state, weights)
+    with pytest.raises(DiffusersFormatError, match=rf"diffusion_pytorch_model\.{suffix} holds non-float tensors "
+                                                   rf"\(\d+\): conv_in.bias, .* \(dtype ({name}) for conv_in.bias\)"):
+        load_diffusers(pipe)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_weights_of_other_float_dtypes_import(tmp_path: Path, dtype: torch.dtype) -> None:
+    pipe = _tiny_pipeline(tmp_path / "pipe")
+    from safetensors.torch import load_file, save_file
+    save_file({k: v.to(dtype) for k, v in load_file(pipe / WEIGHTS).items()}, pipe / WEIGHTS)
+    assert load_diffusers(pipe).model == TINY
+
+
+def test_the_bin_dtype_check_is_the_safetensors_one(tmp_path: Path) -> None:
+    """_is_loadable_float (for .bin tensors) accepts exactly the dtypes whose safetensors name is in _FLOATS."""
+    from safetensors.torch import save_file
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2,
+              torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool]
+    save_file({str(d): torch.zeros(1, dtype=d) for d in dtypes}, tmp_path / "all.safetensors")
+    header = diff_mod.read_safetensors_header(tmp_path / "all.safetensors")
+    for d in dtypes:
+        assert diff_mod._is_loadable_float(torch.zeros(1, dtype=d)) == (header[str(d)][0] in diff_mod._FLOATS), d
+
+
+def test_listings_of_a_crafted_file_are_capped() -> None:
+    """100,000 unknown fields or tensor names (megabytes of message before), and a name of a megabyte."""
+    fields = {f"zz{i:06d}": 1 for i in range(100_000)}
+    with pytest.raises(DiffusersFormatError, match=r"does not know \(100000\): zz000000, .* … \(99995 more\)") as err:
+        unet_config_from_diffusers({**CIFAR10_CONFIG, **fields})
+    assert len(str(err.value)) < 300
+    state = dict(UNet(TINY).to("meta").state_dict())
+    state = {diff_mod.ours_to_diffusers_key(k, 2): v for k, v in state.items()}
+    junk = {f"junk.{i:06d}.weight": torch.empty(0, device="meta") for i in range(100_000)}
+    with pytest.raises(DiffusersFormatError) as err:
+        state_dict_from_diffusers({**state, **junk, "y" * 10**6: torch.empty(0, device="meta")}, TINY)
+    msg = str(err.value)
+    assert "unexpected (100001): junk.000000.weight (not a parameter of the DDPM U-Net)" in msg
+    assert "… (99996 more)" in msg and len(msg) < 1000
+
+
+@pytest.mark.parametrize("key", ["down_blocks.².resnets.0.conv1.weight", "up_blocks.0.resnets.²³.conv1.weight",
+                                 f"down_blocks.{'1' * 5000}.resnets.0.conv1.weight"], ids=["sup2", "sup23", "5000"])
+def test_odd_block_numbers_in_tensor_names_are_unexpected_names(key: str) -> None:
+    """'²'.isdigit() is true, but int('²') raises; so does int() of 5000 digits: neither is a bare ValueError."""
+    state = {diff_mod.ours_to_diffusers_key(k, 2): v for k, v in UNet(TINY).to("meta").state_dict().items()}
+    with pytest.raises(DiffusersFormatError, match=r"unexpected \(1\): .* \(not a parameter of the DDPM U-Net\)"):
+        state_dict_from_diffusers({**state, key: torch.empty(0, device="meta")}, TINY)

@@ -29,6 +29,7 @@ import math
 import numbers
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
 from ddpm.config import LEARNED_VAR_TYPES, MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig, network_out_channels
-from ddpm.loading import tensor_budget
+from ddpm.loading import _FLOATS, _listed, tensor_budget  # _FLOATS: the weight dtypes a checkpoint may hold
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
 
@@ -68,6 +69,7 @@ MAX_LEVELS = 16
 MAX_LAYERS_PER_BLOCK = 64
 MAX_WIDTH = 1 << 16
 MAX_CLASS_EMBEDS = 1 << 20  # ImageNet-21k has ~21,800 classes
+MAX_NAME_CHARS = 100  # a tensor or field name shown in an error message is cut to this
 
 
 class DiffusersFormatError(CheckpointError):
@@ -113,6 +115,11 @@ _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"
 _MID_BACK = {v: k for k, v in _MID.items()}
 
 
+def _is_index(part: str) -> bool:
+    """A block or level number in a parameter name: ``'²'.isdigit()`` is true, but int('²') fails."""
+    return part.isascii() and part.isdigit() and len(part) <= 6
+
+
 def ours_to_diffusers_key(key: str, num_levels: int) -> str | None:
     """Our parameter name → diffusers' ``UNet2DModel`` name (None if the name is not ours)."""
     module, _, param = key.rpartition(".")
@@ -124,16 +131,16 @@ def ours_to_diffusers_key(key: str, num_levels: int) -> str | None:
             return f"mid_block.{_MID[blk]}.{_RESNET[layer]}.{param}"
         case ["mid", "attn_1", layer] if layer in _ATTN:
             return f"mid_block.attentions.0.{_ATTN[layer]}.{param}"
-        case [("down" | "up") as path, level, kind, *rest] if level.isdigit():
+        case [("down" | "up") as path, level, kind, *rest] if _is_index(level):
             i = int(level)
             if path == "down":
                 prefix, resampler = f"down_blocks.{i}", "downsamplers"
             else:  # diffusers numbers the up blocks in the order they run, deepest first
                 prefix, resampler = f"up_blocks.{num_levels - 1 - i}", "upsamplers"
             match [kind, *rest]:
-                case ["block", j, layer] if j.isdigit() and layer in _RESNET:
+                case ["block", j, layer] if _is_index(j) and layer in _RESNET:
                     return f"{prefix}.resnets.{j}.{_RESNET[layer]}.{param}"
-                case ["attn", j, layer] if j.isdigit() and layer in _ATTN:
+                case ["attn", j, layer] if _is_index(j) and layer in _ATTN:
                     return f"{prefix}.attentions.{j}.{_ATTN[layer]}.{param}"
                 case ["resample", "conv"]:
                     return f"{prefix}.{resampler}.0.conv.{param}"
@@ -153,7 +160,7 @@ def diffusers_to_ours_key(key: str, num_levels: int) -> str | None:
             name = table.get(".".join(layer))
             if ours is not None and name is not None:
                 return f"mid.{ours}.{name}.{param}"
-        case [("down_blocks" | "up_blocks") as path, level, kind, j, *layer] if level.isdigit() and j.isdigit():
+        case [("down_blocks" | "up_blocks") as path, level, kind, j, *layer] if _is_index(level) and _is_index(j):
             i = int(level)
             if path == "down_blocks":
                 prefix, resampler = f"down.{i}", "downsamplers"
@@ -181,26 +188,45 @@ def _expected_shapes(cfg: UNetConfig, out_channels: int | None, held: int | None
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _check_state_dict(
-    state_dict: dict[str, Tensor],
+def _check_shapes(
+    shapes: Mapping[str, tuple[int, ...]],
     expected: dict[str, tuple[int, ...]],
     what: str,
     unmapped: list[str] | None = None,
 ) -> None:
-    """Raise one DiffusersFormatError listing every missing, unexpected and mis-shaped tensor."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected)) + sorted(unmapped or [])
+    """Raise one DiffusersFormatError listing the missing, unexpected and mis-shaped tensors (a few of each).
+
+    Shapes are plain tuples of ints (as a safetensors header gives them): no tensor is made, so a crafted
+    dimension of 2**63 is a mismatch to report, not an error of torch's.
+    """
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(_clip(k) for k in set(shapes) - set(expected)) + sorted(unmapped or [])  # names cut short
     mismatched = sorted(
-        f"{k}: {tuple(v.shape)} != expected {expected[k]}"
-        for k, v in state_dict.items()
-        if k in expected and tuple(v.shape) != expected[k]
+        f"{_clip(k)}: {_short(s)} != expected {expected[k]}"
+        for k, s in shapes.items()
+        if k in expected and s != expected[k]
     )
     if missing or unexpected or mismatched:
         lines = [f"{what} does not match the configured U-Net:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+                lines.append(f"  {title} {_listed(items)}")
         raise DiffusersFormatError("\n".join(lines))
+
+
+def _our_names(keys: Iterable[str], num_levels: int) -> tuple[dict[str, str], list[str]]:
+    """(our name → the diffusers name it came from, a note on every diffusers name that is not one of ours)."""
+    ours: dict[str, str] = {}
+    unmapped: list[str] = []
+    for key in keys:
+        name = diffusers_to_ours_key(key, num_levels)
+        if name is None:
+            unmapped.append(f"{_clip(key)} (not a parameter of the DDPM U-Net)")
+        elif name in ours:
+            unmapped.append(f"{_clip(key)} (a second copy of {_clip(name)})")
+        else:
+            ours[name] = key
+    return ours, unmapped
 
 
 def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
@@ -209,28 +235,53 @@ def state_dict_from_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
 
     ``out_channels``: the network's outputs (default ``cfg.in_channels``; twice that with a learned Σ).
 
-    The tensors may be on the meta device (shapes read from a file's header): nothing is read or copied.
+    The tensors may be on the meta device: nothing is read or copied.
     """
-    levels = len(cfg.channel_mults)
-    ours: dict[str, Tensor] = {}
-    unmapped: list[str] = []
-    for key, value in state_dict.items():
-        name = diffusers_to_ours_key(key, levels)
-        if name is None:
-            unmapped.append(f"{key} (not a parameter of the DDPM U-Net)")
-        elif name in ours:
-            unmapped.append(f"{key} (a second copy of {name})")
-        else:
-            ours[name] = value
-    _check_state_dict(ours, _expected_shapes(cfg, out_channels, len(state_dict)),
-                      "the diffusers state dict (in our names)", unmapped)
-    return ours
+    names, unmapped = _our_names(state_dict, len(cfg.channel_mults))
+    _check_shapes({ours: tuple(state_dict[key].shape) for ours, key in names.items()},
+                  _expected_shapes(cfg, out_channels, len(state_dict)), "the diffusers state dict (in our names)",
+                  unmapped)
+    return {ours: state_dict[key] for ours, key in names.items()}
+
+
+def _check_header(header: Mapping[str, tuple[str, tuple[int, ...]]], cfg: UNetConfig, out_channels: int,
+                  file: Path) -> None:
+    """A safetensors header's names, shapes and dtypes against ``cfg``, before any tensor is read."""
+    names, unmapped = _our_names(header, len(cfg.channel_mults))
+    _check_shapes({ours: header[key][1] for ours, key in names.items()},
+                  _expected_shapes(cfg, out_channels, len(header)), f"{file} (in our names)", unmapped)
+    _refuse_non_floats(file, {key: dtype for key, (dtype, _) in header.items() if dtype not in _FLOATS})
+
+
+def _is_loadable_float(t: Tensor) -> bool:
+    """loading._FLOATS in torch's terms: float16, bfloat16, float32, float64 (float8 is floating point too)."""
+    return t.is_floating_point() and t.itemsize >= 2
+
+
+def _refuse_non_floats(file: Path, bad: dict[str, str]) -> None:
+    """``bad``: tensor name → dtype of the weights a checkpoint could not hold (loading refuses them)."""
+    if bad:
+        first = min(bad)
+        raise DiffusersFormatError(f"{file} holds non-float tensors {_names(sorted(bad))} (dtype "
+                                   f"{_clip(bad[first])} for {_clip(first)}); network weights are floats "
+                                   f"({', '.join(sorted(_FLOATS))})")
+
+
+def _clip(name: str) -> str:
+    """A name from a file, cut short: one may be megabytes long."""
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
+
+
+def _names(items: list[str]) -> str:
+    """'(N): a, b, … (M more)': the count and the first few names, each cut short (one short line however many)."""
+    return _listed([_clip(k) for k in items])
 
 
 def state_dict_to_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
                             out_channels: int | None = None) -> dict[str, Tensor]:
     """Our state dict → diffusers' ``UNet2DModel`` names, checked against ``cfg`` (and ``out_channels``) first."""
-    _check_state_dict(state_dict, _expected_shapes(cfg, out_channels), "the state dict")
+    _check_shapes({k: tuple(v.shape) for k, v in state_dict.items()}, _expected_shapes(cfg, out_channels),
+                  "the state dict")
     levels = len(cfg.channel_mults)
     out = {}
     for key, value in state_dict.items():
@@ -300,18 +351,19 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
     """A diffusers ``UNet2DModel`` config.json → UNetConfig; an unsupported field is a clear error."""
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
-        raise DiffusersFormatError(f"unet config _class_name={cls!r}; expected 'UNet2DModel'")
+        raise DiffusersFormatError(f"unet config _class_name={_short(cls)}; expected 'UNet2DModel'")
     unknown = sorted(
         k for k, v in config.items() if not k.startswith("_") and k not in _UNET_DEFAULTS and v is not None
     )
     if unknown:
-        raise DiffusersFormatError(f"unet config has fields this importer does not know: {unknown}")
+        raise DiffusersFormatError(f"unet config has fields this importer does not know {_names(unknown)}")
     c = {**_UNET_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
     for name, (want, why) in _UNET_REQUIRED.items():
         if c[name] != want:
-            raise DiffusersFormatError(f"unet config {name}={c[name]!r} is not supported; expected {want!r} ({why})")
-    if not math.isclose(float(c["norm_eps"]), GROUPNORM_EPS, rel_tol=1e-6):
-        raise DiffusersFormatError(f"unet config norm_eps={c['norm_eps']!r} is not supported; expected 1e-06")
+            raise DiffusersFormatError(f"unet config {name}={_short(c[name])} is not supported; expected {want!r} "
+                                       f"({why})")
+    if not math.isclose(_number("unet config", "norm_eps", c["norm_eps"]), GROUPNORM_EPS, rel_tol=1e-6):
+        raise DiffusersFormatError(f"unet config norm_eps={_short(c['norm_eps'])} is not supported; expected 1e-06")
 
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
@@ -340,9 +392,9 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             f"{len(up)} up_block_types; expected equal numbers"
         )
     for field, types, table in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
-        bad = [t for t in types if t not in table]
+        bad = [t for t in types if not isinstance(t, str) or t not in table]  # a list is no key (unhashable)
         if bad:
-            raise DiffusersFormatError(f"unet config {field} contains {bad}; supported: {sorted(table)}")
+            raise DiffusersFormatError(f"unet config {field} contains {_short(bad)}; supported: {sorted(table)}")
     attn_down = [_DOWN_TYPES[t] for t in down]
     attn_up = [_UP_TYPES[t] for t in reversed(up)]  # up blocks run deepest first
     if attn_down != attn_up:
@@ -352,15 +404,17 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
         )
     if c["time_embedding_dim"] not in (None, 4 * base):
         raise DiffusersFormatError(
-            f"unet config time_embedding_dim={c['time_embedding_dim']!r}; expected None or {4 * base}"
+            f"unet config time_embedding_dim={_short(c['time_embedding_dim'])}; expected None or {4 * base}"
         )
     groups = c["norm_num_groups"]
     if c["attn_norm_num_groups"] not in (None, groups):
         raise DiffusersFormatError(
-            f"unet config attn_norm_num_groups={c['attn_norm_num_groups']!r}; expected None or {groups}"
+            f"unet config attn_norm_num_groups={_short(c['attn_norm_num_groups'])}; expected None or {groups}"
         )
     attn_widths = {w for w, a in zip(widths, attn_down) if a} | {widths[-1]}
     head_dim = c["attention_head_dim"]
+    if head_dim is not None:  # an integer before it goes into a set: [32] is unhashable
+        head_dim = _int_field("attention_head_dim", head_dim, 1, MAX_WIDTH)
     if head_dim is not None and {head_dim} != attn_widths:
         raise DiffusersFormatError(
             f"unet config attention_head_dim={head_dim!r} gives multi-head attention; the paper's U-Net has "
@@ -375,6 +429,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             f"unet config out_channels={out_ch} with in_channels={in_ch}; expected {in_ch} or {2 * in_ch} "
             "(mean and learned-variance outputs)"
         )
+    dropout = _number("unet config", "dropout", c["dropout"])  # UNetConfig checks its range
     try:
         return UNetConfig(
             image_size=size,
@@ -383,7 +438,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
             channel_mults=tuple(w // base for w in widths),
             num_res_blocks=int(c["layers_per_block"]),
             attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_down) if a),
-            dropout=float(c["dropout"]),
+            dropout=dropout,
             num_groups=int(groups),
             num_classes=None if num_class_embeds is None else num_class_embeds - 1,
         )
@@ -396,6 +451,19 @@ def _int_field(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
         raise DiffusersFormatError(f"unet config {name}={_short(value)}; expected an integer in {lo}..{hi}")
     return int(value)
+
+
+def _number(where: str, name: str, value: Any) -> float:
+    """A field that must be a finite number: JSON may hold null, "abc", a list, NaN or an integer of 400 digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DiffusersFormatError(f"{where} {name}={_short(value)}; expected a number")
+    try:
+        x = float(value)
+    except OverflowError:  # an integer beyond float's range
+        x = math.inf
+    if not math.isfinite(x):
+        raise DiffusersFormatError(f"{where} {name}={_short(value)}; expected a finite number")
+    return x
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -478,11 +546,8 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
         raise DiffusersFormatError(f"scheduler config num_train_timesteps={_short(T)}; expected an integer in "
                                    f"1..{MAX_T}")
-    for name in ("beta_start", "beta_end"):
-        if isinstance(c[name], bool) or not isinstance(c[name], (int, float)):
-            raise DiffusersFormatError(f"scheduler config {name}={_short(c[name])}; expected a number")
+    beta_start, beta_end = (_number("scheduler config", name, c[name]) for name in ("beta_start", "beta_end"))
     schedule = _SCHEDULES.get(c["beta_schedule"]) if isinstance(c["beta_schedule"], str) else None
-    beta_start, beta_end = float(c["beta_start"]), float(c["beta_end"])
     if c["trained_betas"] is not None:
         betas = c["trained_betas"]
         numbers_only = isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool)
@@ -492,25 +557,25 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
                 "scheduler config trained_betas is not supported (only a constant list of "
                 f"num_train_timesteps={T} values, our 'constant' schedule)"
             )
-        schedule, beta_end = "constant", float(betas[0])
+        schedule, beta_end = "constant", _number("scheduler config", "trained_betas", betas[0])
     elif schedule is None:
         raise DiffusersFormatError(
-            f"scheduler config beta_schedule={c['beta_schedule']!r} is not supported; expected one of "
+            f"scheduler config beta_schedule={_short(c['beta_schedule'])} is not supported; expected one of "
             f"{sorted(_SCHEDULES)}"
         )
     if not isinstance(c["variance_type"], str) or c["variance_type"] not in _VARIANCES:
         raise DiffusersFormatError(
-            f"scheduler config variance_type={c['variance_type']!r} is not supported; expected one of "
+            f"scheduler config variance_type={_short(c['variance_type'])} is not supported; expected one of "
             f"{sorted(_VARIANCES)}"
         )
     if not isinstance(c["prediction_type"], str) or c["prediction_type"] not in _PREDICTIONS:
         raise DiffusersFormatError(
-            f"scheduler config prediction_type={c['prediction_type']!r} is not supported; expected one of "
+            f"scheduler config prediction_type={_short(c['prediction_type'])} is not supported; expected one of "
             f"{sorted(_PREDICTIONS)}"
         )
     for name in ("thresholding", "rescale_betas_zero_snr"):
         if c[name]:
-            raise DiffusersFormatError(f"scheduler config {name}={c[name]!r} is not supported; expected false")
+            raise DiffusersFormatError(f"scheduler config {name}={_short(c[name])} is not supported; expected false")
     var_type = _VARIANCES[c["variance_type"]]
     learned = var_type in LEARNED_VAR_TYPES
     # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
@@ -520,8 +585,9 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
         raise DiffusersFormatError(f"{EXTRA_NAME} 'diffusion' must be an object of options, got {_short(ours)}")
     options.update(ours)
     allowed = {"loss_type", "hybrid_lambda", "levels"}
-    if set(options) - allowed:
-        raise DiffusersFormatError(f"{EXTRA_NAME} has unknown diffusion options {sorted(set(options) - allowed)}")
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise DiffusersFormatError(f"{EXTRA_NAME} has unknown diffusion options {_names(unknown)}")
     return DiffusionConfig(
         schedule=schedule,
         T=T,
@@ -601,18 +667,19 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
             f"{sched_path} has a {'learned' if diffusion.learn_sigma else 'fixed'} variance but the unet has "
             f"{found} output channels for {model_cfg.in_channels} input channels"
         )
-    # every name and shape is checked against the config before a tensor is read (issue 13)
+    # every name, shape and dtype is checked against the config before a tensor is read (issue 13)
     if weights.suffix == ".safetensors":
-        header = read_safetensors_header(weights)
-        state_dict_from_diffusers({k: torch.empty(shape, device="meta") for k, (_, shape) in header.items()},
-                                  model_cfg, out_channels)
-        state = safe_torch_load(weights)
+        _check_header(read_safetensors_header(weights), model_cfg, out_channels, weights)
+        state = state_dict_from_diffusers(safe_torch_load(weights), model_cfg, out_channels)
     else:  # a pickle has no header to read first: its zip records may unpack to no more than the config needs
         expected = _expected_shapes(model_cfg, out_channels)
         numel = sum(math.prod(shape) for shape in expected.values())
-        state = safe_torch_load(weights, max_bytes=8 * numel + 1024 * len(expected) + (1 << 20))  # float64 at most
-    return DiffusersImport(model_cfg, diffusion, state_dict_from_diffusers(state, model_cfg, out_channels),
-                           class_names, label_dropout)
+        raw = safe_torch_load(weights, max_bytes=8 * numel + 1024 * len(expected) + (1 << 20))  # float64 at most
+        state = state_dict_from_diffusers(raw, model_cfg, out_channels)
+        # an integer or float8 weight would import, then the checkpoint written would not load
+        _refuse_non_floats(weights, {k: str(v.dtype).removeprefix("torch.") for k, v in raw.items()
+                                     if not _is_loadable_float(v)})
+    return DiffusersImport(model_cfg, diffusion, state, class_names, label_dropout)
 
 
 def _classes_from_extra(model: UNetConfig, extra: dict[str, Any] | None) -> tuple[tuple[str, ...] | None,
@@ -631,7 +698,7 @@ def _classes_from_extra(model: UNetConfig, extra: dict[str, Any] | None) -> tupl
             f"{K}}}}} (a model from elsewhere may use every row for a class)")
     unknown = set(section) - {"num_classes", "class_names", "label_dropout"}
     if unknown:
-        raise DiffusersFormatError(f"{EXTRA_NAME} 'classes' has unknown fields {sorted(unknown)}")
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'classes' has unknown fields {_names(sorted(unknown))}")
     names = section.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != K or len(set(map(str, names))) != K
                               or not all(isinstance(n, str) for n in names)):
