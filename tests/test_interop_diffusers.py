@@ -496,14 +496,14 @@ def test_weights_of_other_float_dtypes_import(tmp_path: Path, dtype: torch.dtype
 
 
 def test_the_bin_dtype_check_is_the_safetensors_one(tmp_path: Path) -> None:
-    """_is_loadable_float (for .bin tensors) accepts exactly the dtypes whose safetensors name is in _FLOATS."""
+    """_is_loadable_float (for .bin tensors) accepts exactly the dtypes whose safetensors name is in WEIGHT_DTYPES."""
     from safetensors.torch import save_file
     dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2,
               torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool]
     save_file({str(d): torch.zeros(1, dtype=d) for d in dtypes}, tmp_path / "all.safetensors")
     header = diff_mod.read_safetensors_header(tmp_path / "all.safetensors")
     for d in dtypes:
-        assert diff_mod._is_loadable_float(torch.zeros(1, dtype=d)) == (header[str(d)][0] in diff_mod._FLOATS), d
+        assert diff_mod._is_loadable_float(torch.zeros(1, dtype=d)) == (header[str(d)][0] in diff_mod.WEIGHT_DTYPES), d
 
 
 def test_listings_of_a_crafted_file_are_capped() -> None:

@@ -26,7 +26,7 @@ from .nets.precision import in_bfloat16
 
 Shapes = Mapping[str, tuple[int, ...]]
 Weights = Literal["ema", "model"]  # the EMA weights (what the paper evaluates) or the raw ones
-_FLOATS = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names a float32 network can load
+WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names a float32 network can load
 _SHOWN = 5  # problems listed per kind in an error message (one line, however many there are)
 CLASS_NAMES_KEY = "class_names"  # a class-conditional checkpoint's class names, in its extra metadata
 
@@ -86,9 +86,9 @@ def load_model(path: str | Path, weights: Weights = "ema", device: str | torch.d
     used = "ema" if weights == "ema" and "ema" in info.tensors else "model"
     file = info.path / FILES[used]
     header = info.tensors[used]
-    bad = sorted(k for k, (dtype, _) in header.items() if dtype not in _FLOATS)
+    bad = sorted(k for k, (dtype, _) in header.items() if dtype not in WEIGHT_DTYPES)
     if bad:
-        raise CheckpointError(f"{file} holds non-float tensors {_listed(bad)} (dtype {header[bad[0]][0]}); "
+        raise CheckpointError(f"{file} holds non-float tensors {listed(bad)} (dtype {header[bad[0]][0]}); "
                               "network weights are floats")
     net = meta_network(cfg, {k: shape for k, (_, shape) in header.items()}, str(file))
     ckpt = load_checkpoint(info.path)  # hashes verified; tensors are what the files hold
@@ -174,7 +174,7 @@ def shape_problems(expected: Shapes, found: Shapes) -> str:
     unexpected = sorted(set(found) - set(expected))
     mismatched = sorted(f"{k} {tuple(found[k])} where the config gives {tuple(expected[k])}"
                         for k in set(expected) & set(found) if tuple(found[k]) != tuple(expected[k]))
-    parts = [f"{title} {_listed(items)}" for title, items in
+    parts = [f"{title} {listed(items)}" for title, items in
              (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
     return "; ".join(parts)
 
@@ -211,7 +211,7 @@ def tensor_budget(limit: int, what: str, held: int, error: type[CheckpointError]
             h.remove()
 
 
-def _listed(items: list[str]) -> str:
+def listed(items: list[str]) -> str:
     """'(3): a, b, c' — at most _SHOWN of them, so that a crafted file still makes one short line."""
     shown = ", ".join(items[:_SHOWN]) + (f", … ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
     return f"({len(items)}): {shown}"

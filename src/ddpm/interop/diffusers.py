@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
 from ddpm.config import LEARNED_VAR_TYPES, MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig, network_out_channels
-from ddpm.loading import _FLOATS, _listed, tensor_budget  # _FLOATS: the weight dtypes a checkpoint may hold
+from ddpm.loading import WEIGHT_DTYPES, listed, tensor_budget
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
 
@@ -210,7 +210,7 @@ def _check_shapes(
         lines = [f"{what} does not match the configured U-Net:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
-                lines.append(f"  {title} {_listed(items)}")
+                lines.append(f"  {title} {listed(items)}")
         raise DiffusersFormatError("\n".join(lines))
 
 
@@ -250,11 +250,11 @@ def _check_header(header: Mapping[str, tuple[str, tuple[int, ...]]], cfg: UNetCo
     names, unmapped = _our_names(header, len(cfg.channel_mults))
     _check_shapes({ours: header[key][1] for ours, key in names.items()},
                   _expected_shapes(cfg, out_channels, len(header)), f"{file} (in our names)", unmapped)
-    _refuse_non_floats(file, {key: dtype for key, (dtype, _) in header.items() if dtype not in _FLOATS})
+    _refuse_non_floats(file, {key: dtype for key, (dtype, _) in header.items() if dtype not in WEIGHT_DTYPES})
 
 
 def _is_loadable_float(t: Tensor) -> bool:
-    """loading._FLOATS in torch's terms: float16, bfloat16, float32, float64 (float8 is floating point too)."""
+    """loading.WEIGHT_DTYPES in torch's terms: float16, bfloat16, float32, float64 (float8 is floating point too)."""
     return t.is_floating_point() and t.itemsize >= 2
 
 
@@ -264,7 +264,7 @@ def _refuse_non_floats(file: Path, bad: dict[str, str]) -> None:
         first = min(bad)
         raise DiffusersFormatError(f"{file} holds non-float tensors {_names(sorted(bad))} (dtype "
                                    f"{_clip(bad[first])} for {_clip(first)}); network weights are floats "
-                                   f"({', '.join(sorted(_FLOATS))})")
+                                   f"({', '.join(sorted(WEIGHT_DTYPES))})")
 
 
 def _clip(name: str) -> str:
@@ -274,7 +274,7 @@ def _clip(name: str) -> str:
 
 def _names(items: list[str]) -> str:
     """'(N): a, b, … (M more)': the count and the first few names, each cut short (one short line however many)."""
-    return _listed([_clip(k) for k in items])
+    return listed([_clip(k) for k in items])
 
 
 def state_dict_to_diffusers(state_dict: dict[str, Tensor], cfg: UNetConfig,
