@@ -441,3 +441,19 @@ def test_default_inception_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert result.feature_dim == 2048 and result.extractor.startswith("inception-v3")
     assert result.fid > 0 and result.inception_score_mean is not None
     assert result.inception_score_mean >= 1.0
+
+
+def test_an_npz_bomb_given_as_samples_is_refused_before_it_inflates(tmp_path):
+    """`ddpm fid` reads sample files with the dataset loader's size checks (ddpm.data.npz.read_member)."""
+    import math
+    import zipfile
+
+    from numpy.lib import format as npy_format
+
+    shape = (1100, 256, 256)  # 72 MB of zeros deflated to ~70 kB
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z, z.open("images.npy", "w") as f:
+        npy_format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        f.write(bytes(math.prod(shape)))
+    with pytest.raises(StatisticsFileError, match=r"image file .*bomb\.npz: .*member 'images\.npy'.*over 100:1"):
+        load_npz_images(path)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,7 +37,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ddpm.data.errors import DataError
 from ddpm.data.levels import to_levels
+from ddpm.data.npz import read_member
 from ddpm.evaluation.frechet import frechet_distance
 from ddpm.outputs import write_npz
 from ddpm.rng import generator
@@ -136,9 +139,12 @@ def _open_npz(path: PathLike, where: str, expected: str) -> np.lib.npyio.NpzFile
 
 
 def _read_array(data: np.lib.npyio.NpzFile, key: str, where: str) -> np.ndarray:
-    """One array of an open .npz; object (pickled) arrays and damaged members raise naming the file."""
+    """One array of an open .npz, its header and sizes checked before its data is read (the dataset loader's
+    ``read_member``: no pickles, no decompression bomb); damaged members raise naming the file."""
     try:
-        return data[key]
+        return read_member(data, key, Path(data.zip.filename))
+    except DataError as exc:
+        raise StatisticsFileError(f"{where}: {exc}") from exc
     except Exception as exc:
         raise StatisticsFileError(f"{where}: array {key!r} cannot be read without pickle: {exc}") from exc
 
