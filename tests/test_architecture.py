@@ -5,7 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ddpm"
 FLOORS = {
-    "config": 0, "schedules": 0, "likelihood": 0, "outputs": 0,
+    "config": 0, "schedules": 0, "likelihood": 0, "outputs": 0, "untrusted_pickle": 0,
     "diffusion": 1, "nets": 1, "data": 1, "checkpoint": 1, "images": 1, "processes": 1, "rng": 1,
     "sampling": 2, "loading": 2, "evaluation": 2, "interop": 2, "compression": 2,
     "train": 3,

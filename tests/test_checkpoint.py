@@ -26,6 +26,7 @@ from ddpm.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     CheckpointError,
+    inspect_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -497,6 +498,21 @@ def test_bad_meta_is_refused(tmp_path: Path, change: dict, message: str) -> None
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("names", [[1, "x"], [{"a": 1}, "x"], "1x", ["x", "x"], ["y"] * 100_000],
+                         ids=["int", "dict", "a_string", "duplicate", "100k_names"])
+def test_tensor_names_in_meta_json_must_be_strings(tmp_path: Path, names: Any) -> None:
+    """meta.json is not hashed: a crafted names list [1, "x"] sorted against str keys was a TypeError."""
+    path = save_checkpoint(tmp_path, Checkpoint(step=0, config={}, model={"w": torch.ones(1)},
+                                                tensors={"1": torch.zeros(1), "x": torch.zeros(1)}))
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"]["state.safetensors"]["names"] = names
+    (path / "meta.json").write_text(json.dumps(meta))
+    for read in (load_checkpoint, inspect_checkpoint):
+        with pytest.raises(CheckpointError, match=r"state\.safetensors") as e:
+            read(path)
+        assert len(str(e.value)) < 400  # not the 100,000 names
 
 
 def test_run_dir_without_checkpoint(tmp_path: Path) -> None:

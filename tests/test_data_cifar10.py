@@ -170,6 +170,59 @@ def test_only_numpy_array_globals_are_allowed(payload: bytes) -> None:
     assert arr.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+@pytest.mark.parametrize(("labels", "got"), [
+    ([2**70] * N, "an integer of 71 bits"),  # np.asarray raised OverflowError, an internal error
+    (["1"] * N, "a str"),  # np.asarray made these 1 ...
+    ([1.7] * N, "a float"),  # ... and these 1 too
+    ([True] * N, "a bool"),
+    ([[1]] * N, "a list"),
+    ([10] * N, "10"),
+    ([0] * (N + 1), str(N + 1)),
+    (np.zeros(N, np.float32), "a float32 array"),
+    ({0: 0}, "a dict"),
+], ids=["int_2e70", "str", "float", "bool", "nested", "ten", "too_many", "float_array", "dict"])
+def test_labels_must_be_a_flat_list_of_ints_in_range(labels: Any, got: str) -> None:
+    batch = fake_batch(0)
+    batch[b"labels"] = labels
+    with pytest.raises(DataError, match=rf"^b1: 'labels' must be a list of {N} integers in 0\.\.9, got {got}"):
+        cifar_mod.parse_batch(batch, "b1")
+    batch[b"labels"] = np.arange(N, dtype=np.uint8)  # an integer array is a list of labels too
+    assert cifar_mod.parse_batch(batch, "b1")[1].tolist() == list(range(N))
+
+
+def _memo(op: bytes, i: int) -> bytes:
+    return op + struct.pack("<I", i)  # LONG_BINPUT (b"r") or LONG_BINGET (b"j")
+
+
+def _dag_batch(where: str, depth: int) -> bytes:
+    """A 4 KB batch holding l_depth, l_0 = 0 and l_{i+1} = [l_i, l_i] (or tuples): 2^depth leaves.
+
+    ``"key"``: a tuple DAG as a dict key, which the unpickler hashes; ``"labels"``: a list DAG as the one
+    label, which np.asarray walks (depth 24 took 4.4 s, depth 40 a MemoryError).
+    """
+    arr = pickle.dumps(np.zeros((1, 3072), np.uint8), protocol=2)[2:-1]
+    ops = b"K\x00" + _memo(b"r", 0) + b"0"
+    for i in range(depth):
+        pair = _memo(b"j", i) * 2
+        ops += (pair + b"\x86" if where == "key" else b"](" + pair + b"e") + _memo(b"r", i + 1) + b"0"
+    dag = ops + _memo(b"j", depth)
+    head = b"\x80\x02}(X\x04\x00\x00\x00data" + arr + b"X\x06\x00\x00\x00labels"
+    if where == "key":
+        return head + b"]K\x00a" + dag + b"K\x00u."
+    return head + b"]" + dag + b"au."
+
+
+@pytest.mark.parametrize("where", ["key", "labels"])
+def test_a_batch_whose_pickle_shares_parts_exponentially_is_refused(tmp_path: Path, where: str) -> None:
+    data = _dag_batch(where, 22)
+    assert len(data) < 5000
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(data)
+    with pytest.raises(DataError, match=r"test_batch: a pickled object refers to shared parts so often"):
+        build_dataset(*cfg(folder), "test", 256)
+
+
 def test_missing_damaged_and_malformed_batches_are_named(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "a")
     (folder / "data_batch_3").unlink()

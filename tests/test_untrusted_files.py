@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import pickle
+import pickletools
 import shutil
 import signal
 import struct
@@ -28,7 +29,7 @@ import torch
 
 from _eval_tiny import make_checkpoint, one_thread  # noqa: F401  (fixture)
 from ddpm import checkpoint as ckpt_mod
-from ddpm.checkpoint import CheckpointError, load_checkpoint, save_model
+from ddpm.checkpoint import CheckpointError, load_checkpoint, safe_torch_load, save_model
 from ddpm.compression import CodecOptions, CompressionError, compress, decompress
 from ddpm.compression.container import pack, unpack
 from ddpm.config import MAX_T, DiffusionConfig, MLPConfig, UNetConfig, preset
@@ -40,6 +41,7 @@ from ddpm.interop import diffusers as diff_mod
 from ddpm.interop.diffusers import DiffusersFormatError, load_diffusers, save_diffusers, state_dict_to_diffusers
 from ddpm.loading import load_model
 from ddpm.nets import build_model
+from ddpm.untrusted_pickle import MAX_DEPTH, check_pickle
 
 MiB = 1 << 20
 
@@ -426,6 +428,108 @@ def test_an_oversized_lmdb_value_or_bomb_names_its_key(tmp_path: Path, monkeypat
         LMDBImageDataset(tmp_path / "db", 8, 3, split="train", held_out_fraction=0.25)
 
 
+# --- pickles: the opcode pre-scan of ddpm.untrusted_pickle -----------------------------------------------
+
+def _put(i: int) -> bytes:
+    return b"r" + struct.pack("<I", i)  # LONG_BINPUT
+
+
+def _get(i: int) -> bytes:
+    return b"j" + struct.pack("<I", i)  # LONG_BINGET
+
+
+def _tuple_dag(depth: int) -> bytes:
+    """Opcodes leaving t_depth on the stack, t_0 = 0, t_{i+1} = (t_i, t_i): 2^depth leaves in ~11 bytes a level."""
+    ops = b"K\x00" + _put(0)
+    for i in range(depth):
+        ops += _get(i) + b"\x86" + _put(i + 1)  # TUPLE2 of the t_i below and t_i again from the memo
+    return ops
+
+
+def _list_dag(depth: int) -> bytes:
+    """The same with lists memoized before they are filled (a scan must see what they hold at the end)."""
+    ops = b"K\x00" + _put(0) + b"0"
+    for i in range(depth):
+        ops += b"]" + _put(i + 1) + b"(" + _get(i) + _get(i) + b"e0"  # EMPTY_LIST, PUT, MARK, GETs, APPENDS, POP
+    return ops + _get(depth)
+
+
+def _torch_file_with_pickle(path: Path, pkl: bytes) -> Path:
+    """A torch zip file (torch.save's records, stored) whose data.pkl is ``pkl``."""
+    buf = io.BytesIO()
+    torch.save({}, buf)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            out.writestr(info, pkl if info.filename.endswith("/data.pkl") else src.read(info))
+    return path
+
+
+def _legacy_file_with_pickle(path: Path, pkl: bytes) -> Path:
+    """A legacy torch file (five pickles, then raw storages) whose fourth pickle, the object, is ``pkl``."""
+    buf = io.BytesIO()
+    torch.save({}, buf, _use_new_zipfile_serialization=False)
+    data, stream, ends = buf.getvalue(), io.BytesIO(buf.getvalue()), []
+    for _ in range(5):
+        for _op in pickletools.genops(stream):
+            pass
+        ends.append(stream.tell())
+    path.write_bytes(data[:ends[2]] + pkl + data[ends[3]:])
+    return path
+
+
+@pytest.mark.parametrize("form", ["zip", "legacy"])
+def test_a_weight_file_whose_pickle_shares_parts_exponentially_is_refused(tmp_path: Path, form: str) -> None:
+    """{t_22: 0} in 300 bytes: weights_only loading hashed the key's 2^22 tuples (depth 28: 95 s, 40: forever)."""
+    pkl = b"\x80\x02}" + _tuple_dag(22) + b"K\x00s."
+    make = _torch_file_with_pickle if form == "zip" else _legacy_file_with_pickle
+    path = make(tmp_path / "w.bin", pkl)
+    assert path.stat().st_size < 2048
+    with bounded(16 * MiB, seconds=10), pytest.raises(CheckpointError, match=r"w\.bin(:.*data\.pkl)?: a pickled "
+                                                                         r"object refers to shared parts so often"):
+        safe_torch_load(path)
+
+
+def test_a_non_tensor_entry_is_shown_briefly(tmp_path: Path) -> None:
+    """The refusal printed the offending keys whole: here a tuple of 20,000 ints (~130 KB of message)."""
+    torch.save({tuple(range(20_000)): torch.zeros(1), "w": torch.zeros(1)}, tmp_path / "w.bin")
+    with pytest.raises(CheckpointError, match=r"w\.bin holds 1 non-tensor entries \[\(0, 1, 2, 3, \.\.\.\)\]") as e:
+        safe_torch_load(tmp_path / "w.bin")
+    assert len(str(e.value)) < 400
+
+
+def test_real_state_dicts_pass_the_pickle_scan_and_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = build_model(TINY_UNET).state_dict()
+    shared = torch.arange(64.0)
+    views = {f"view{i}": shared[i:i + 8] for i in range(50)}  # one storage, re-used from the memo 49 times
+    for legacy in (False, True):
+        for weights in (state, views):
+            torch.save(weights, tmp_path / "w.bin", _use_new_zipfile_serialization=not legacy)
+            loaded = safe_torch_load(tmp_path / "w.bin")
+            assert list(loaded) == list(weights) and all(torch.equal(loaded[k], weights[k]) for k in weights)
+    batch = {b"batch_label": b"x", b"data": np.zeros((100, 3072), np.uint8), b"labels": [i % 10 for i in range(100)],
+             b"filenames": [b"a.png"] * 100}  # one bytes object, re-used from the memo 99 times
+    for protocol in (2, 4, 5):
+        check_pickle(pickle.dumps(batch, protocol=protocol), "batch")
+
+
+@pytest.mark.parametrize(("pkl", "message"), [
+    (b"\x80\x02" + _tuple_dag(40) + b".", r"spans more than \d+ objects from \d+ opcodes"),
+    (b"\x80\x02" + _list_dag(40) + b".", r"spans more than \d+ objects"),
+    (b"\x80\x02K\x00" + b"\x85" * 10_000 + b".", rf"nests more than {MAX_DEPTH} levels"),  # hashed recursively, in C
+    (b"\x80\x02" + b"]" * 10_000 + b"a" * 9_999 + b".", rf"nests more than {MAX_DEPTH} levels"),
+    (b"\x80\x02]" + _put(0) + _get(0) + b"a.", "contains itself"),
+    (b"\x80\x02" + _get(7) + b".", r"damaged or malformed pickle \(KeyError"),
+    (b"\x80\x02(K\x01K\x02", r"damaged or malformed pickle \(ValueError"),  # truncated: no STOP
+    (b"\x80\x02a.", r"damaged or malformed pickle \(IndexError"),  # APPEND to nothing
+    (b"\x80\x02" + b"N0" * 600 + b"N.", r"more than 1000 pickle opcodes"),
+], ids=["tuple_dag", "list_dag_filled_after_memo", "deep_tuples", "deep_lists", "cycle", "unset_memo", "truncated",
+        "underflow", "too_many_opcodes"])
+def test_the_pickle_scan_refuses_bombs_and_malformed_pickles(pkl: bytes, message: str) -> None:
+    with bounded(8 * MiB, seconds=10), pytest.raises(DataError, match=r"^batch_1: .*" + message):
+        check_pickle(pkl, "batch_1", DataError, max_ops=1000 if len(pkl) < 2000 else 100_000)
+
+
 # --- diffusers directories --------------------------------------------------------------------------------
 
 TINY_UNET = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
@@ -498,3 +602,22 @@ def test_a_bin_zip_that_inflates_past_the_config_is_refused(pipeline: Path) -> N
     with bounded(16 * MiB), pytest.raises(CheckpointError, match=r"zip records unpack to \d+ bytes, more than the "
                                                                 r"\d+ bytes allowed"):
         load_diffusers(pipeline)
+
+
+def test_a_compressed_bin_is_refused_before_it_inflates(pipeline: Path, tmp_path: Path) -> None:
+    """32 MiB of zeros deflate to 32 KB; wide widths in config.json made the byte cap derived from it ~1 TB."""
+    _set_unet(pipeline, block_out_channels=[65536, 65536], norm_num_groups=8)
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    raw = tmp_path / "raw.bin"
+    torch.save({"conv_in.weight": torch.zeros(8 * MiB)}, raw)
+    bin_path = pipeline / "unet" / "diffusion_pytorch_model.bin"
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(bin_path, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info))
+    raw.unlink()
+    assert bin_path.stat().st_size < 256 * 1024
+    with bounded(16 * MiB), pytest.raises(CheckpointError, match=r"zip record '.*' is compressed \(method 8\); "
+                                                                r"torch\.save stores every record as is"):
+        load_diffusers(pipeline)
+    with bounded(16 * MiB), pytest.raises(CheckpointError, match=r"is compressed"):
+        safe_torch_load(bin_path, max_bytes=1 << 40)

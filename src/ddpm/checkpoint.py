@@ -22,6 +22,7 @@ import math
 import os
 import pickle  # only for its exception type: nothing here unpickles anything
 import re
+import reprlib
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ import safetensors.torch
 import torch
 
 from .outputs import check_output_dir, fsync_dir, replace_dir
+from .untrusted_pickle import check_pickle
 
 FORMAT_NAME = "ddpm-checkpoint"
 FORMAT_VERSION = 1  # bump when a reader of the previous version would misread a new checkpoint
@@ -56,6 +58,8 @@ _CHUNK = 1 << 20
 MAX_JSON_BYTES = 16 << 20
 MAX_JSON_DEPTH = 64
 MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+# A torch state dict pickles to ~140 bytes per tensor (its data.pkl, or the pickles heading a legacy file).
+MAX_PICKLE_BYTES = 64 << 20
 
 
 class CheckpointError(ValueError):
@@ -140,10 +144,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         if not isinstance(info, dict) or not file.is_file():
             raise CheckpointError(f"checkpoint {path} is missing {name}")
         header = read_safetensors_header(file)
-        names = info.get("names", list(header))
-        if not isinstance(names, list) or sorted(map(str, names)) != sorted(header):
-            raise CheckpointError(f"{file} holds {len(header)} tensors that differ from the {META} list of "
-                                  f"{len(names) if isinstance(names, list) else 'no'} names")
+        _listed_names(info, header, file)
         tensors[key] = header
     if "model" not in tensors:
         raise CheckpointError(f"checkpoint {path} lists no {FILES['model']} in {META}")
@@ -254,15 +255,17 @@ def set_aside_checkpoint(path: str | Path) -> Path:
 def safe_torch_load(path: str | Path, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Load a foreign ``.bin``/``.pt`` (or ``.safetensors``) weight file without running pickled code.
 
-    A torch zip file is refused before loading when its records unpack to more than ``max_bytes`` (default:
-    the file's own size — ``torch.save`` stores records uncompressed, so only a crafted file inflates).
+    Checked before torch.load sees it: a torch zip file may unpack to no more than ``max_bytes`` (default: the
+    file's own size) and must hold only stored records (``torch.save`` never compresses, so a compressed record
+    is a crafted file, perhaps a zip bomb); its pickle, read at most MAX_PICKLE_BYTES, must pass the opcode
+    pre-scan of ``ddpm.untrusted_pickle`` (no memo DAG that hashes or prints exponentially, no deep nesting).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, "cpu")
-    _check_zip_size(path, path.stat().st_size if max_bytes is None else max_bytes)
+    _check_torch_file(path, path.stat().st_size if max_bytes is None else max_bytes)
     try:
         # weights_only=True: the unpickler only builds tensors and plain containers, never calls code
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -278,7 +281,7 @@ def safe_torch_load(path: str | Path, max_bytes: int | None = None) -> dict[str,
     bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise CheckpointError(
-            f"{path} holds non-tensor entries {bad[:5]!r}; expected a flat dict of name -> tensor"
+            f"{path} holds {len(bad)} non-tensor entries {_brief(bad[:5])}; expected a flat dict of name -> tensor"
         )
     return dict(obj)
 
@@ -592,27 +595,68 @@ def _load_safetensors(file: Path, map_location: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is not a readable safetensors file: {_first_line(e)}") from None
 
 
-def _check_zip_size(path: Path, limit: int) -> None:
-    """Refuse a zip (torch's format since 1.6) whose records would unpack to more than ``limit`` bytes."""
+def _check_torch_file(path: Path, limit: int) -> None:
+    """Refuse a torch weight file that would unpack past ``limit`` bytes, or whose pickle is a bomb, unloaded."""
     try:
-        if not zipfile.is_zipfile(path):
-            return  # not a zip: torch.load says what it is
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.load's own test (zipfile.is_zipfile looks anywhere)
+            if not is_zip:  # a legacy file: 5 pickles (magic, protocol, system, the object, storage keys), then data
+                f.seek(0)
+                check_pickle(read_at_most(f, MAX_PICKLE_BYTES), str(path), CheckpointError, count=5)
+                return
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return  # a damaged zip: torch.load names the damage
+            _check_zip_records(path, infos, limit)
+            for info in infos:
+                if info.filename.rsplit("/", 1)[-1] == "data.pkl":  # torch reads <first folder>/data.pkl
+                    check_pickle(_read_record(path, z, info), f"{path}:{info.filename}", CheckpointError)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} could not be read as a torch weight file: {_first_line(e)}") from None
+
+
+def _check_zip_records(path: Path, infos: list[zipfile.ZipInfo], limit: int) -> None:
+    """The zip directory's records: at most ``limit`` bytes unpacked, all stored, none claiming past the file."""
     total = sum(i.file_size for i in infos)
     if total > limit:
         raise CheckpointError(f"{path}: its {len(infos)} zip records unpack to {total} bytes, more than the "
                               f"{limit} bytes allowed for it (a zip bomb, or weights far larger than expected)")
+    size = path.stat().st_size
+    for i in infos:
+        if i.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{path}: zip record {i.filename[:100]!r} is compressed (method "
+                                  f"{i.compress_type}); torch.save stores every record as is, so this file was "
+                                  "crafted (a zip bomb?)")
+        if i.file_size != i.compress_size or i.header_offset + i.compress_size > size:
+            raise CheckpointError(f"{path}: zip record {i.filename[:100]!r} claims {i.file_size} bytes, which "
+                                  f"the file's {size} bytes do not hold (truncated or crafted)")
+
+
+def _read_record(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A zip record of at most MAX_PICKLE_BYTES (its size was checked against the file's by the caller)."""
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: its pickle {info.filename[:100]!r} has {info.file_size} bytes, more than "
+                              f"a state dict's can ({MAX_PICKLE_BYTES})")
+    with z.open(info) as f:
+        return read_at_most(f, MAX_PICKLE_BYTES)
+
+
+def _listed_names(info: dict[str, Any], found: Any, file: Path) -> list[str]:
+    """meta.json's list of a tensor file's names: strings, exactly the names the file holds."""
+    names = info.get("names", list(found))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{file.parent / META}: 'names' of {file.name} must be a list of strings, got "
+                              f"{_brief(names)}")
+    if sorted(names) != sorted(found):
+        raise CheckpointError(f"{file} holds {len(found)} tensors {_brief(sorted(found))}, but {META} lists "
+                              f"{len(names)} names {_brief(names)}")
+    return names
 
 
 def _in_order(tensors: dict[str, torch.Tensor], info: dict[str, Any], file: Path) -> dict[str, torch.Tensor]:
     """The loaded tensors in the order they were saved, after checking that none is missing or extra."""
-    names = info.get("names", list(tensors))
-    if not isinstance(names, list) or sorted(names) != sorted(tensors):
-        raise CheckpointError(f"{file} holds tensors {sorted(tensors)}, but {META} lists {names}")
-    return {name: tensors[name] for name in names}
+    return {name: tensors[name] for name in _listed_names(info, tensors, file)}
 
 
 def _decode(obj: Any, tensors: dict[str, torch.Tensor], path: Path) -> Any:
@@ -651,11 +695,22 @@ def _chunks(f: Any) -> Iterator[bytes]:
         yield chunk
 
 
+_BRIEF = reprlib.Repr()  # keyword arguments need Python 3.12
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 60, 60
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = _BRIEF.maxfrozenset = 4
+
+
+def _brief(value: Any) -> str:
+    """A short repr of an untrusted value for a message: few items, two levels, 200 characters at most."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _first_line(e: BaseException) -> str:
     """The telling line of an exception's message (torch's can run to pages)."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
     lines = [ln for ln in lines if ln]
     for ln in lines:  # torch's weights-only refusal names the forbidden global or opcode on such a line
         if any(word in ln for word in ("GLOBAL", "Unsupported", "blocked", "not an allowed")):
-            return ln
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+            return ln[:300]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__

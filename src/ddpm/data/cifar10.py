@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..untrusted_pickle import check_pickle
 from .base import check_split
 from .errors import DataError
 
@@ -35,6 +36,7 @@ BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("tes
 # for a huge array) is refused once it goes past these, having read and held no more than them.
 MAX_MEMBER_BYTES = 64 << 20
 MAX_ARCHIVE_BYTES = 256 << 20
+MAX_BATCH_OPS = 1 << 18  # a real batch pickles in ~40,000 opcodes (a label and a file name per image)
 
 
 # --- a restricted unpickler: numpy arrays, nothing else ----------------------------------------
@@ -96,7 +98,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(data: bytes, name: str) -> Any:
-    """Unpickle ``data`` with ``RestrictedUnpickler`` (Python 2 strings as bytes); errors name ``name``."""
+    """Unpickle ``data`` with ``RestrictedUnpickler`` (Python 2 strings as bytes); errors name ``name``.
+
+    The opcodes are pre-scanned first: memo re-use can make a few KB unpickle into a tuple whose hash (as a
+    dict key) or a list whose np.asarray walks 2⁴⁰ nodes, and no global needs to be named for that.
+    """
+    check_pickle(data, name, DataError, max_ops=MAX_BATCH_OPS)
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except RefusedGlobal as e:
@@ -115,7 +122,7 @@ def _field(batch: dict[Any, Any], key: str, name: str) -> Any:
     for k in (key, key.encode()):
         if k in batch:
             return batch[k]
-    keys = sorted(str(k)[:40] for k in batch)
+    keys = sorted(repr(k)[:40] if isinstance(k, (str, bytes)) else type(k).__name__ for k in batch)
     raise DataError(f"{name}: the batch has no {key!r} entry (keys: {keys[:10]}{' …' if len(keys) > 10 else ''})")
 
 
@@ -127,15 +134,34 @@ def parse_batch(batch: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{name}: 'data' must be a uint8 array (N, 3072), got {got}")
-    if isinstance(labels, (list, tuple, np.ndarray)) and len(labels) != len(data):  # before copying them
-        raise DataError(f"{name}: 'labels' must be {len(data)} integers in 0..9, got {len(labels)}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{name}: 'labels' must be a list of integers ({e})") from e
-    if labels.shape != (len(data),) or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
-        raise DataError(f"{name}: 'labels' must be {len(data)} integers in 0..9, got shape {labels.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _labels(labels, len(data), name)
+
+
+def _labels(labels: Any, n: int, name: str) -> np.ndarray:
+    """``labels`` as (n,) int64, if it is a flat list of n plain ints in 0..9 (or such a 1-D integer array).
+
+    Checked item by item before numpy sees it: np.asarray would turn "1" and 1.7 into 1, overflow on 2**70
+    and walk nested lists (however deep or shared) before any shape check.
+    """
+    expected = f"{name}: 'labels' must be a list of {n} integers in 0..9"
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu" or labels.shape != (n,):
+            raise DataError(f"{expected}, got a {labels.dtype} array of shape {labels.shape}")
+        if n and not 0 <= labels.min() <= labels.max() <= 9:
+            raise DataError(f"{expected}, got values {labels.min()}..{labels.max()}")
+        return labels.astype(np.int64)
+    if not isinstance(labels, (list, tuple)):
+        raise DataError(f"{expected}, got a {type(labels).__name__}")
+    if len(labels) != n:
+        raise DataError(f"{expected}, got {len(labels)}")
+    for i, v in enumerate(labels):
+        if type(v) is not int or not 0 <= v <= 9:  # not bool, "1", 1.7 or [1]: a real batch holds plain ints
+            if type(v) is not int:
+                shown = f"a {type(v).__name__}"
+            else:
+                shown = str(v) if v.bit_length() <= 64 else f"an integer of {v.bit_length()} bits"
+            raise DataError(f"{expected}, got {shown} at index {i}")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _too_big(name: str, size: int) -> DataError:
