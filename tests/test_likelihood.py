@@ -71,6 +71,18 @@ def test_decoder_is_accurate_far_in_the_tails():
         assert got[i].item() == pytest.approx(ref, rel=1e-6)
 
 
+def test_a_bin_beyond_float_range_has_log_mass_minus_infinity_not_nan():
+    """σ = e^-60 in float32: both edges of a middle bin off the mean underflow; the bin's mass is 0, log −∞."""
+    x = torch.tensor([-1.0, -0.5, 0.0, 1.0, 0.5])  # the grid of 5 levels; the mean lies in the last one's bin
+    mean = torch.full((5,), 0.6)
+    for log_scale in (-60.0, -100.0):
+        got = discretized_gaussian_log_likelihood(x, mean, torch.full((5,), log_scale), 5)
+        assert torch.isneginf(got[:4]).all(), got  # every bin but the one holding the mean
+    # and where floats still hold the bins, nothing changed: finite, and the mean's own bin ~ log 1
+    got = discretized_gaussian_log_likelihood(x, mean, torch.full((5,), -30.0), 5)
+    assert torch.isfinite(got).all() and got[4].item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_decoder_gradients_are_finite():
     x = _grid(17)
     mean = torch.linspace(-3, 3, 17, dtype=torch.float64, requires_grad=True)

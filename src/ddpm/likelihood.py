@@ -37,11 +37,14 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     log_sf_lower = torch.special.log_ndtr(-lower)        # log(1 − Φ(lower)), for the bin at +1
     # log(Φ(upper) − Φ(lower)) computed on the side of the bin away from the mean, so it does not
     # cancel to zero when the bin lies far in a tail
+    far = torch.where(lower > 0, log_sf_lower, log_cdf_upper)  # the log mass beyond the bin's nearer edge
     mid = torch.where(
         lower > 0,
         log_sf_lower + _log1mexp(torch.special.log_ndtr(-upper) - log_sf_lower),
         log_cdf_upper + _log1mexp(torch.special.log_ndtr(lower) - log_cdf_upper),
     )
+    # a bin so far out that even that mass underflows (σ below ~e^-50 in float32) has log mass −∞, not −∞ − (−∞)
+    mid = torch.where(torch.isneginf(far), far, mid)
     eps = 1e-6  # outer bins are recognised with a tolerance far below the bin width
     return torch.where(x < -1 + eps, log_cdf_upper, torch.where(x > 1 - eps, log_sf_lower, mid))
 
