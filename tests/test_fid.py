@@ -396,9 +396,10 @@ class _FakeInception(nn.Module):
 
     instances: list[_FakeInception] = []
 
-    def __init__(self, name: str, features_list: list, feature_extractor_weights_path: str | None) -> None:
+    def __init__(self, name: str, features_list: list, feature_extractor_weights_path: str | None,
+                 antialias: bool = True) -> None:  # torchmetrics' default: torch's antialiased resize
         super().__init__()
-        self.args = (name, features_list, feature_extractor_weights_path)
+        self.args = (name, features_list, feature_extractor_weights_path, antialias)
         self.inputs: list[torch.Tensor] = []
         g = torch.Generator().manual_seed(0)
         self.register_buffer("w_pool", torch.randn(3, 2048, generator=g))
@@ -434,7 +435,8 @@ def test_default_inception_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     weights.write_bytes(b"")
     result = compute_fid_is(_images(40, 0), _images(30, 1), inception_weights=weights, batch_size=20)
     (net,) = _FakeInception.instances
-    assert net.args == ("inception-v3-compat", ["2048", "logits_unbiased"], str(weights))
+    # antialias=False: TensorFlow 1.x's bilinear resize to 299×299, as TF-FID and torch-fidelity resize
+    assert net.args == ("inception-v3-compat", ["2048", "logits_unbiased"], str(weights), False)
     assert len(net.inputs) == 2 + 2  # one forward per batch serves both FID and IS
     assert all(x.shape[1] == 3 and x.dtype == torch.uint8 for x in net.inputs)  # grey repeated to RGB
     assert shapes == [((2048,), (2048, 2048), (2048,), (2048, 2048))]

@@ -14,7 +14,8 @@ Extractors:
   logits for IS, one forward pass for both. Needs torchmetrics and ``torch-fidelity`` (the ``fid`` extra; it
   requires a torchvision matching your torch). torch-fidelity DOWNLOADS the weights file
   (``weights-inception-2015-12-05-6726825d.pth``, ~96 MB) on first use unless ``inception_weights``
-  points at a local copy. Images are resized to 299×299 by the extractor; grey images are repeated to RGB.
+  points at a local copy. Images are resized to 299×299 by the extractor with TensorFlow 1.x's bilinear rule, as
+  TF-FID does (not torchmetrics' default antialiased resize); grey images are repeated to RGB.
 * ``feature_extractor=<nn.Module>``: any module mapping a uint8 NCHW batch to features (N, d), e.g. for
   small images or offline tests; IS is then computed only if ``logits_extractor`` (uint8 batch →
   logits (N, K)) is also given, otherwise the IS fields are ``None``.
@@ -26,6 +27,7 @@ anything itself.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -313,10 +315,15 @@ def _default_inception(inception_weights: PathLike | None, device: torch.device)
             f"inception_weights='/path/to/{INCEPTION_WEIGHTS_FILE}'. Alternatively pass "
             "feature_extractor=<nn.Module> (and logits_extractor for IS)."
         ) from exc
+    # the resize to 299×299 of TF-FID (and pytorch-fid, torch-fidelity): TensorFlow 1.x's bilinear rule; torchmetrics
+    # >= 1.3 defaults to torch's antialiased one, whose sampling grid is shifted by about half a pixel (older
+    # versions have no choice and use TensorFlow's)
+    tf_resize = {"antialias": False} if "antialias" in inspect.signature(NoTrainInceptionV3).parameters else {}
     net = NoTrainInceptionV3(
         name="inception-v3-compat",
         features_list=["2048", "logits_unbiased"],
         feature_extractor_weights_path=None if inception_weights is None else os.fspath(inception_weights),
+        **tf_resize,
     ).to(device)
 
     def run(x: torch.Tensor, want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
