@@ -431,8 +431,10 @@ BIG = 10**400  # a JSON integer that float() cannot convert (OverflowError)
      r"down_block_types contains \[\['x'\]\]"),
     ({"up_block_types": [{}, "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}, r"up_block_types contains \[\{\}\]"),
     ({"mid_block_type": "x" * 10**6}, r"mid_block_type='xxx.*…"),
+    ({"freq_shift": True}, r"freq_shift=True is not supported; expected 1"),  # True == 1, but not a frequency shift
+    ({"add_attention": 1}, r"add_attention=1 is not supported; expected True"),
 ], ids=["eps_null", "eps_str", "eps_list", "eps_bigint", "eps_nan", "dropout_bigint", "dropout_str", "head_dim_list",
-        "head_dim_dict", "down_unhashable", "up_unhashable", "mid_1MB"])
+        "head_dim_dict", "down_unhashable", "up_unhashable", "mid_1MB", "freq_shift_bool", "attention_int"])
 def test_hostile_unet_config_values_name_the_field(change: dict, match: str) -> None:
     with pytest.raises(DiffusersFormatError, match=f"unet config {match}") as err:
         unet_config_from_diffusers({**CIFAR10_CONFIG, **change})

@@ -359,7 +359,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
         raise DiffusersFormatError(f"unet config has fields this importer does not know {_names(unknown)}")
     c = {**_UNET_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
     for name, (want, why) in _UNET_REQUIRED.items():
-        if c[name] != want:
+        if c[name] != want or isinstance(c[name], bool) != isinstance(want, bool):  # true == 1 is no freq_shift
             raise DiffusersFormatError(f"unet config {name}={_short(c[name])} is not supported; expected {want!r} "
                                        f"({why})")
     if not math.isclose(_number("unet config", "norm_eps", c["norm_eps"]), GROUPNORM_EPS, rel_tol=1e-6):
