@@ -1,5 +1,6 @@
 """The trainer: the recipe's pieces, exact resumption, DDP equality, clear errors before any state changes."""
 
+import csv
 import json
 import math
 import os
@@ -192,8 +193,15 @@ def _cli(*args, env=None):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
-@pytest.mark.parametrize("extra", [{}, {**IMPORTANCE, "total_steps": 8, "checkpoint_every": 8}],
-                         ids=["uniform-t", "importance-t"])
+def _log_rows(run):
+    """log.csv's rows as numbers, without the clock's columns."""
+    with open(run / "log.csv", newline="") as f:
+        return [{k: float(v) for k, v in r.items() if k not in ("wall_s", "img_per_s")} for r in csv.DictReader(f)]
+
+
+# uniform t with flips: the flips are drawn for the global batch, one coin per example, whatever the processes
+@pytest.mark.parametrize("extra", [{"random_flip": True}, {**IMPORTANCE, "total_steps": 8, "checkpoint_every": 8}],
+                         ids=["uniform-t-flips", "importance-t"])
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, extra):
     common = ["train", "--preset", "digits", "--no-progress", "--device", "cpu"]
     overrides = []
@@ -215,7 +223,12 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     assert diffs.max() < 1e-4 and diffs.median() < 1e-7, (diffs.max(), diffs.median())
     ema_diffs = torch.cat([(a.ema[k] - b.ema[k]).abs().flatten() for k in a.ema])
     assert ema_diffs.max() < 1e-4 and ema_diffs.median() < 1e-7
-    if extra:  # the importance sampler learnt every process's losses: the same t were drawn, the same losses seen
+    # log.csv averages the global batch's losses and t, not those of rank 0's share
+    rows = [_log_rows(tmp_path / "one"), _log_rows(tmp_path / "two")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and rows[0]
+    for r1, r2 in zip(*rows):
+        assert r2 == pytest.approx(r1, rel=1e-4, nan_ok=True)
+    if "t_sampler" in extra:  # it learnt every process's losses: the same t were drawn, the same losses seen
         assert torch.equal(a.tensors["t_sampler.counts"], b.tensors["t_sampler.counts"])
         assert (a.tensors["t_sampler.counts"] >= 10).all()  # it drew by importance in the last steps
         torch.testing.assert_close(a.tensors["t_sampler.losses"], b.tensors["t_sampler.losses"], rtol=1e-4, atol=1e-6)

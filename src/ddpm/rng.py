@@ -29,7 +29,7 @@ Purpose = Literal[
     "dropout",          # dropout inside the network: index (rank,), or (rank, step) on a resume without saved state
     "data-order",       # the training data order: index (epoch,)
     "training-noise",   # t and ε of the global batch of a training step: index (step,)
-    "flip",             # random flips of a training step on one process: index (step, rank)
+    "flip",             # random flips of a training step, one coin per example of the global batch: index (step,)
     "loader",           # the DataLoader's own generator (its worker seeds)
     "grid",             # the trainer's periodic sample grid
     "sample",           # sample i of a run: x_T and every step's noise, index (i,)

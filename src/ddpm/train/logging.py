@@ -36,6 +36,23 @@ class Window:
         self.grad_norms.append(grad_norm)
         self.images += images
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The window's sums and counts, for a checkpoint: a run resumed between two rows averages the same steps
+        as an uninterrupted one. The throughput's images and clock are left out: they measure this process."""
+        return {"loss_sum": self.loss_sum.clone(), "count": self.count.clone(),
+                "grad_norms": torch.tensor(self.grad_norms, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the window ``state_dict`` saved; ValueError when the tensors are not such a state."""
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        grad_norms = shapes.get("grad_norms", ())
+        if shapes.keys() != {"loss_sum", "count", "grad_norms"} or shapes["loss_sum"] != (4,) or \
+                shapes["count"] != (4,) or len(grad_norms) != 1:
+            raise ValueError(f"expected loss_sum (4,), count (4,) and grad_norms (n,), got {shapes}")
+        self.loss_sum = state["loss_sum"].double().clone()
+        self.count = state["count"].double().clone()
+        self.grad_norms = state["grad_norms"].double().tolist()
+
     def img_per_s(self) -> float:
         """Training images per second since the window opened."""
         return self.images / max(time.perf_counter() - self.start, 1e-9)
@@ -58,15 +75,18 @@ class TrainingLog:
     FIELDS = ["step", "loss", "loss_t_q1", "loss_t_q2", "loss_t_q3", "loss_t_q4", "grad_norm", "lr", "img_per_s",
               "wall_s"]
 
-    def __init__(self, run_dir: Path, active: bool, resume_step: int | None) -> None:
+    def __init__(self, run_dir: Path, active: bool, resume_step: int | None, drop_resume_row: bool = False) -> None:
+        """``drop_resume_row``: the row at ``resume_step`` was written only because that run ended there, and its
+        steps go on in the resumed window (``Window.state_dict``): it is dropped, to be logged at the next row."""
         self.active, self.start = active, time.time()
         self.file = None
         self.tb = None
         if not active:
             return
         path = run_dir / "log.csv"
-        if resume_step is not None and path.exists():
-            _truncate_log(path, resume_step, self.FIELDS)  # rows past the checkpoint are logged again
+        kept = None if resume_step is None else resume_step - 1 if drop_resume_row else resume_step  # last row kept
+        if kept is not None and path.exists():
+            _truncate_log(path, kept, self.FIELDS)  # rows past the checkpoint are logged again
         else:
             write_text(path, ",".join(self.FIELDS) + "\r\n")
         self.file = path.open("a", newline="")
@@ -75,8 +95,7 @@ class TrainingLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events a killed run logged after its checkpoint are dropped, as log.csv's rows are
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
-                                    purge_step=None if resume_step is None else resume_step + 1)
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if kept is None else kept + 1)
         except ImportError:
             log.info("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
 

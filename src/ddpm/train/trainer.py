@@ -3,7 +3,8 @@ exact resumption, DDP across processes, a progress bar, logs (``ddpm.train.loggi
 
 Determinism: the global batch of step k (its examples, t and ε) is a function of (seed, k) alone (streams of
 ``ddpm.rng``), so a resumed run repeats an uninterrupted one exactly and N processes see the same global batch as
-one process. Only random flips and dropout are drawn per process.
+one process; so are its random flips (one coin per example of the global batch). Only dropout is drawn per process,
+from torch's global RNG, whose state every process saves in each checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from ..checkpoint import (
     set_aside_checkpoint,
 )
 from ..config import ConfigError, RunConfig, check_resume_config
-from ..data import LabelledDataset, dataset_for, random_flip
+from ..data import LabelledDataset, dataset_for
 from ..diffusion import GaussianDiffusion
 from ..evaluation.common import check_same_classes, is_image_model
 from ..images import save_image_grid, to_display_uint8
@@ -50,7 +52,7 @@ from ..processes import (
     local_rank,
     under_torchrun,
 )
-from ..rng import GlobalNoise, generator, seed_torch
+from ..rng import GlobalNoise, generator, seed_for, seed_torch
 from ..sampling import Conditioned, sample
 from .ema import EMA
 from .logging import TrainingLog, Window
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 
 GRID_SAMPLES = 64
 T_SAMPLER_PREFIX = "t_sampler."  # the t-sampler's state among a checkpoint's tensors
+LOG_WINDOW_PREFIX = "log_window."  # the open log window's sums among a checkpoint's tensors
+LOG_ROW_FINAL = "log_row_final"  # extra: the checkpoint's step has a log row only because that run ended there
 GRID_STEPS = 100  # periodic grids use a respaced 100-step ancestral chain to stay cheap
 Resume = bool | Literal["latest", "latest-valid"]  # True is "latest"; "latest-valid" skips damaged checkpoints
 
@@ -96,6 +100,14 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     epoch, j = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=generator(seed, "data-order", epoch))
     return perm[j * batch_size:(j + 1) * batch_size]
+
+
+def flip_share(x: torch.Tensor, seed: int, step: int, batch_size: int, share: slice) -> torch.Tensor:
+    """This process's ``share`` of the global batch of ``step`` (B, C, H, W), each image flipped horizontally with
+    probability 1/2: one coin per example of the global batch from stream (seed, "flip", step), so N processes flip
+    the images one process would (``random_flip``'s rule, drawn for the whole batch)."""
+    coins = torch.rand(batch_size, generator=generator(seed, "flip", step)) < 0.5
+    return torch.where(coins[share].to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def drop_labels(y: torch.Tensor, u: torch.Tensor, p: float, null_class: int) -> torch.Tensor:
@@ -169,6 +181,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=tc.lr)
         self.step = 0
         self.skipped = 0
+        self.window = Window()  # the log window: steps since the last log row
+        self.log_row_final = False  # the row at self.step was written only because the run ended there
         if self.resume_from is not None:
             self._restore(self.resume_from)
         else:
@@ -230,11 +244,44 @@ class Trainer:
             raise CheckpointError(f"the checkpoint in {self.run_dir} cannot resume its t-sampler: {e}") from None
         self.step = ckpt.step
         self.skipped = int(ckpt.extra.get("skipped_steps", 0))
-        key = f"torch_rng_rank{self.group.rank}"
-        if key in ckpt.tensors:
-            torch.set_rng_state(ckpt.tensors[key])
+        self._restore_log_window(ckpt)
+        self._restore_rng(ckpt)
+
+    def _restore_log_window(self, ckpt: Checkpoint) -> None:
+        """The log window of the checkpoint's step, so the next row averages the steps an uninterrupted run's does
+        (a checkpoint of an older version has none: the window starts empty, as it did)."""
+        state = {k.removeprefix(LOG_WINDOW_PREFIX): v for k, v in ckpt.tensors.items()
+                 if k.startswith(LOG_WINDOW_PREFIX)}
+        if state:
+            try:
+                self.window.load_state_dict(state)
+            except ValueError as e:
+                raise CheckpointError(f"the checkpoint in {self.run_dir} cannot resume its log window: {e}") from None
+        self.log_row_final = bool(ckpt.extra.get(LOG_ROW_FINAL, False))
+
+    def _restore_rng(self, ckpt: Checkpoint) -> None:
+        """This process's dropout stream where the checkpoint left it: its CPU generator and, training on CUDA,
+        its GPU's. A state the checkpoint lacks (an older one held rank 0's CPU state only; one written on the CPU
+        holds no GPU state) restarts from stream (seed, "dropout", rank, step): deterministic, not the same draws."""
+        tc, rank = self.cfg.train, self.group.rank
+        cpu_state = ckpt.tensors.get(f"torch_rng_rank{rank}")
+        if cpu_state is not None:
+            torch.set_rng_state(cpu_state)
         else:
-            seed_torch(self.cfg.train.seed, "dropout", self.group.rank, ckpt.step)
+            seed_torch(tc.seed, "dropout", rank, ckpt.step)  # (every device's generator)
+        cuda_state = ckpt.tensors.get(f"cuda_rng_rank{rank}")
+        if self.device.type != "cuda":
+            if cuda_state is not None:
+                log.warning("the checkpoint was trained on CUDA and is resumed on %s: dropout goes on from the CPU "
+                            "generator, so the resumed run does not repeat the GPU run's dropout", self.device)
+        elif cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, self.device)
+        elif cpu_state is not None:  # (without it seed_torch has just seeded the GPU with the same stream)
+            log.warning("the checkpoint holds no CUDA RNG state for rank %d (written on the CPU or by an older "
+                        "version): dropout on %s restarts from stream (seed, 'dropout', %d, %d)",
+                        rank, self.device, rank, ckpt.step)
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed_for(tc.seed, "dropout", rank, ckpt.step))
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         model: nn.Module = net
@@ -270,26 +317,26 @@ class Trainer:
             for path in self.damaged:
                 log.warning("set aside the damaged checkpoint %s as %s", path.name, set_aside_checkpoint(path).name)
             write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
-        logger = TrainingLog(self.run_dir, self.group.is_main, resume_step=self.step if self.resume_from else None)
+        # a row the checkpoint's run wrote only because it ended there is logged again when this run reaches a row
+        logger = TrainingLog(self.run_dir, self.group.is_main, resume_step=self.step if self.resume_from else None,
+                             drop_resume_row=self.log_row_final and self.step < tc.total_steps)
         loader = DataLoader(self.dataset, batch_sampler=_StepBatches(len(self.dataset), tc.batch_size, tc.seed,
                                                                     self.step, tc.total_steps, self.group),
                             num_workers=tc.num_workers,
                             generator=generator(tc.seed, "loader"))  # leaves the global RNG to dropout
         bar = tqdm(total=tc.total_steps, initial=self.step, disable=not (self.progress and self.group.is_main),
                    desc="train", unit="step", dynamic_ncols=True)
-        window = Window()
+        self.window.start = time.perf_counter()  # throughput: images of this process since it started
         self.net.train()
         try:
             for batch in loader:
                 x0, y = batch if isinstance(self.dataset, LabelledDataset) else (batch, None)
-                loss = self._train_step(x0.to(self.device), window, y)
+                loss = self._train_step(x0.to(self.device), self.window, y)
                 result.losses.append(loss)
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{window.img_per_s():.1f}", refresh=False)
-                if self.step % tc.log_every == 0 or self.step == tc.total_steps:
-                    logger.write(self.step, window.summary(self._lr(self.step - 1)))
-                    window = Window()
+                bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{self.window.img_per_s():.1f}", refresh=False)
+                self._log_row(logger)
                 if tc.sample_every and self.step % tc.sample_every == 0:
                     self._sample_grid()
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.total_steps:
@@ -300,8 +347,23 @@ class Trainer:
         result.step, result.skipped_steps = self.step, self.skipped
         return result
 
+    def _log_row(self, logger: TrainingLog) -> None:
+        """Every ``log_every`` steps a row, and a new window; at the end of the run between two rows, a row of the
+        window so far, which is kept (and saved) open: a resumed run logs those steps again in its next row."""
+        tc = self.cfg.train
+        self.log_row_final = self.step % tc.log_every != 0 and self.step == tc.total_steps
+        if self.step % tc.log_every == 0 or self.log_row_final:
+            logger.write(self.step, self.window.summary(self._lr(self.step - 1)))
+        if self.step % tc.log_every == 0:
+            self.window = Window()
+
     def _lr(self, step: int) -> float:
         return lr_at(step, self.cfg.train.lr, self.cfg.train.warmup_steps)
+
+    def _share(self) -> slice:
+        """This process's rows of the global batch (those ``_StepBatches`` gives it)."""
+        local = self.cfg.train.batch_size // self.group.world_size
+        return slice(self.group.rank * local, (self.group.rank + 1) * local)
 
     def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice]:
         """t (with its loss weights, train.t_sampler) and ε ~ N(0, I) for the whole global batch of this step,
@@ -309,14 +371,13 @@ class Trainer:
         tc, g = self.cfg.train, generator(self.cfg.train.seed, "training-noise", self.step)
         t, weights = self.t_sampler.draw(tc.batch_size, g)
         noise = torch.randn((tc.batch_size, *shape), generator=g)
-        local = tc.batch_size // self.group.world_size
-        sl = slice(self.group.rank * local, (self.group.rank + 1) * local)
+        sl = self._share()
         return t, weights[sl].to(self.device), noise[sl].to(self.device), sl
 
     def _train_step(self, x0: torch.Tensor, window: Window, y: torch.Tensor | None = None) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
-            x0 = random_flip(x0, generator(tc.seed, "flip", self.step, self.group.rank))
+            x0 = flip_share(x0, tc.seed, self.step, tc.batch_size, self._share())
         t_all, weights, noise, sl = self._global_noise(tuple(x0.shape[1:]))
         t = t_all[sl].to(self.device)
         model = self.model
@@ -338,10 +399,11 @@ class Trainer:
             return self._non_finite(loss.item(), grad_norm.item())
         self.opt.step()
         self.ema.update(self.net, self.step + 1 - self.skipped)  # optimizer steps applied, this one included
-        # every process learns from the whole global batch's losses, so all hold the same t-sampler
+        # every process learns from (and logs) the whole global batch's losses, so all hold the same t-sampler
+        losses = all_gather_cat(terms.loss.detach(), self.group)
         if self.t_sampler.learns:
-            self.t_sampler.update(t_all, all_gather_cat(terms.loss.detach(), self.group))
-        window.add(terms.loss.detach(), t, self.diffusion.T, grad_norm.item(), x0.shape[0] * self.group.world_size)
+            self.t_sampler.update(t_all, losses)
+        window.add(losses, t_all, self.diffusion.T, grad_norm.item(), tc.batch_size)
         return loss.item()
 
     def _non_finite(self, loss: float, grad_norm: float) -> float:
@@ -359,11 +421,13 @@ class Trainer:
     # outputs
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0) with everything needed to resume exactly."""
-        tensors = {f"torch_rng_rank{self.group.rank}": torch.get_rng_state(),
-                   **{f"{T_SAMPLER_PREFIX}{k}": v for k, v in self.t_sampler.state_dict().items()}}
+        tensors = {**self._rng_states(),
+                   **{f"{T_SAMPLER_PREFIX}{k}": v for k, v in self.t_sampler.state_dict().items()},
+                   **{f"{LOG_WINDOW_PREFIX}{k}": v for k, v in self.window.state_dict().items()}}
         path = None
         if self.group.is_main:
-            extra = {"data_position": self.step, "skipped_steps": self.skipped, "world_size": self.group.world_size}
+            extra = {"data_position": self.step, "skipped_steps": self.skipped, "world_size": self.group.world_size,
+                     LOG_ROW_FINAL: self.log_row_final}
             if isinstance(self.dataset, LabelledDataset):
                 extra[CLASS_NAMES_KEY] = list(self.dataset.class_names)
             ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), model=self.net.state_dict(),
@@ -373,9 +437,30 @@ class Trainer:
         barrier(self.group)
         return path
 
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every process's dropout generators (the CPU's; on CUDA the GPU's too), gathered in rank order: rank 0
+        writes them all and each process resumes its own (``_restore_rng``)."""
+        states = {"torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        out = {}
+        for name, state in states.items():  # (a generator's state has the same size in every process)
+            parts = all_gather_cat(state.to(self.device), self.group).cpu().view(self.group.world_size, -1)
+            out.update({f"{name}_rank{r}": parts[r].clone() for r in range(self.group.world_size)})
+        return out
+
+    @contextlib.contextmanager
+    def _rng_kept(self) -> Iterator[None]:
+        """Torch's global generators (the CPU's and this process's GPU's) as they were before the block: a grid
+        or an EMA copy, whose network's initialisation draws from them, must not move the dropout stream."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            yield
+
     def ema_model(self) -> nn.Module:
-        """A fresh network holding the EMA weights, in eval mode."""
-        net = network_for(self.cfg).to(self.device)
+        """A fresh network holding the EMA weights, in eval mode; training's random streams are left untouched."""
+        with self._rng_kept():
+            net = network_for(self.cfg).to(self.device)
         self.ema.copy_to(net)
         return net.eval()
 
@@ -383,12 +468,13 @@ class Trainer:
         if not self.group.is_main or not is_image_model(self.cfg):
             barrier(self.group)
             return
-        net = self.ema_model()
-        shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
-        K = self.cfg.model.num_classes
-        x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
-                   steps=min(GRID_STEPS, self.diffusion.T), device=self.device,
-                   classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
+        with self._rng_kept():  # the grid changes nothing trained (sample_every is a resumable change)
+            net = self.ema_model()
+            shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
+            K = self.cfg.model.num_classes
+            x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
+                       steps=min(GRID_STEPS, self.diffusion.T), device=self.device,
+                       classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
         save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
 
