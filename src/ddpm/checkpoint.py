@@ -34,6 +34,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .config import cut
 from .outputs import check_output_dir, fsync_dir, replace_dir
 from .untrusted_pickle import check_pickle
 
@@ -702,8 +703,7 @@ _BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxset = _BRIEF.maxfr
 
 def _brief(value: Any) -> str:
     """A short repr of an untrusted value for a message: few items, two levels, 200 characters at most."""
-    text = _BRIEF.repr(value)
-    return text if len(text) <= 200 else text[:199] + "…"
+    return cut(_BRIEF.repr(value), 200)
 
 
 def _first_line(e: BaseException) -> str:

@@ -46,13 +46,17 @@ MAX_T = 100_000
 MAX_IMAGE_SIZE = 4096
 
 
-def shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so that a hostile value still makes one short line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int with more digits than Python converts (sys.get_int_max_str_digits)
-        text = f"an integer of {value.bit_length()} bits"
+def cut(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (the last one "…"): a name or message from a file may be megabytes."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that a hostile value still makes one short line; an
+    integer too long for that is named by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**50:
+        return f"an integer of {value.bit_length()} bits"  # (repr even fails past sys.get_int_max_str_digits)
+    return cut(repr(value), limit)
 
 
 def _bounds_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:

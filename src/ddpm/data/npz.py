@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ..config import shown
+from ..config import cut, shown
 from .base import check_split, held_out_indices
 from .errors import DataError
 
@@ -45,10 +45,6 @@ def as_nhwc(arr: np.ndarray, where: str) -> np.ndarray:
 INFLATE_FREE = 64 * 2**20  # members up to 64 MiB may compress as well as they like
 MAX_RATIO = 100  # larger ones at most 100:1 (image data deflates ~1.1–5:1, a deflate bomb ~1000:1)
 MEMORY_SHARE = 2  # and at most 1/2 of the memory available: the loader copies the array once more
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def available_memory() -> int | None:
@@ -192,7 +188,7 @@ def load_npz(path: str | os.PathLike[str] | None, split: str, held_out_fraction:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         # numpy quotes a header it cannot parse whole (up to 10,000 characters): cut it to one short line
-        raise DataError(f"{p}: cannot read as .npz ({type(e).__name__}: {_cut(str(e))})") from e
+        raise DataError(f"{p}: cannot read as .npz ({type(e).__name__}: {cut(str(e), 200)})") from e
     if not own_split:
         idx = held_out_indices(len(images), split, held_out_fraction, split_seed, str(p))
         images, labels = images[idx], (labels[idx] if labels is not None else None)

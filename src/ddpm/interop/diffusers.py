@@ -38,7 +38,16 @@ import torch
 from torch import Tensor
 
 from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
-from ddpm.config import LEARNED_VAR_TYPES, MAX_IMAGE_SIZE, MAX_T, DiffusionConfig, UNetConfig, network_out_channels
+from ddpm.config import (
+    LEARNED_VAR_TYPES,
+    MAX_IMAGE_SIZE,
+    MAX_T,
+    DiffusionConfig,
+    UNetConfig,
+    cut,
+    network_out_channels,
+    shown,
+)
 from ddpm.loading import WEIGHT_DTYPES, listed, tensor_budget
 from ddpm.nets.unet import GROUPNORM_EPS, UNet
 from ddpm.outputs import check_output_dir, replace_dir, write_text
@@ -202,7 +211,7 @@ def _check_shapes(
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(_clip(k) for k in set(shapes) - set(expected)) + sorted(unmapped or [])  # names cut short
     mismatched = sorted(
-        f"{_clip(k)}: {_short(s)} != expected {expected[k]}"
+        f"{_clip(k)}: {shown(s, 60)} != expected {expected[k]}"
         for k, s in shapes.items()
         if k in expected and s != expected[k]
     )
@@ -269,7 +278,7 @@ def _refuse_non_floats(file: Path, bad: dict[str, str]) -> None:
 
 def _clip(name: str) -> str:
     """A name from a file, cut short: one may be megabytes long."""
-    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
+    return cut(name, MAX_NAME_CHARS)
 
 
 def _names(items: list[str]) -> str:
@@ -351,7 +360,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
     """A diffusers ``UNet2DModel`` config.json → UNetConfig; an unsupported field is a clear error."""
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
-        raise DiffusersFormatError(f"unet config _class_name={_short(cls)}; expected 'UNet2DModel'")
+        raise DiffusersFormatError(f"unet config _class_name={shown(cls, 60)}; expected 'UNet2DModel'")
     unknown = sorted(
         k for k, v in config.items() if not k.startswith("_") and k not in _UNET_DEFAULTS and v is not None
     )
@@ -360,20 +369,20 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
     c = {**_UNET_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
     for name, (want, why) in _UNET_REQUIRED.items():
         if c[name] != want or isinstance(c[name], bool) != isinstance(want, bool):  # true == 1 is no freq_shift
-            raise DiffusersFormatError(f"unet config {name}={_short(c[name])} is not supported; expected {want!r} "
+            raise DiffusersFormatError(f"unet config {name}={shown(c[name], 60)} is not supported; expected {want!r} "
                                        f"({why})")
     if not math.isclose(_number("unet config", "norm_eps", c["norm_eps"]), GROUPNORM_EPS, rel_tol=1e-6):
-        raise DiffusersFormatError(f"unet config norm_eps={_short(c['norm_eps'])} is not supported; expected 1e-06")
+        raise DiffusersFormatError(f"unet config norm_eps={shown(c['norm_eps'], 60)} is not supported; expected 1e-06")
 
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or size[0] != size[1]:
-            raise DiffusersFormatError(f"unet config sample_size={_short(size)}: only square images are supported")
+            raise DiffusersFormatError(f"unet config sample_size={shown(size, 60)}: only square images are supported")
         size = size[0]
     size = _int_field("sample_size", size, 1, MAX_SAMPLE_SIZE)
     raw = c["block_out_channels"]
     if not isinstance(raw, (list, tuple)) or not 1 <= len(raw) <= MAX_LEVELS:
-        raise DiffusersFormatError(f"unet config block_out_channels={_short(raw)}; expected a list of "
+        raise DiffusersFormatError(f"unet config block_out_channels={shown(raw, 60)}; expected a list of "
                                    f"1..{MAX_LEVELS} widths")
     widths = [_int_field("block_out_channels", w, 1, MAX_WIDTH) for w in raw]
     for name, lo, hi in (("layers_per_block", 1, MAX_LAYERS_PER_BLOCK), ("norm_num_groups", 1, MAX_WIDTH),
@@ -381,7 +390,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
         _int_field(name, c[name], lo, hi)
     for name in ("down_block_types", "up_block_types"):
         if not isinstance(c[name], (list, tuple)):
-            raise DiffusersFormatError(f"unet config {name}={_short(c[name])}; expected a list of block types")
+            raise DiffusersFormatError(f"unet config {name}={shown(c[name], 60)}; expected a list of block types")
     base = widths[0]
     if not widths or any(w % base for w in widths):
         raise DiffusersFormatError(f"unet config block_out_channels={widths!r}: expected multiples of the first width")
@@ -394,7 +403,7 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
     for field, types, table in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
         bad = [t for t in types if not isinstance(t, str) or t not in table]  # a list is no key (unhashable)
         if bad:
-            raise DiffusersFormatError(f"unet config {field} contains {_short(bad)}; supported: {sorted(table)}")
+            raise DiffusersFormatError(f"unet config {field} contains {shown(bad, 60)}; supported: {sorted(table)}")
     attn_down = [_DOWN_TYPES[t] for t in down]
     attn_up = [_UP_TYPES[t] for t in reversed(up)]  # up blocks run deepest first
     if attn_down != attn_up:
@@ -404,12 +413,12 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
         )
     if c["time_embedding_dim"] not in (None, 4 * base):
         raise DiffusersFormatError(
-            f"unet config time_embedding_dim={_short(c['time_embedding_dim'])}; expected None or {4 * base}"
+            f"unet config time_embedding_dim={shown(c['time_embedding_dim'], 60)}; expected None or {4 * base}"
         )
     groups = c["norm_num_groups"]
     if c["attn_norm_num_groups"] not in (None, groups):
         raise DiffusersFormatError(
-            f"unet config attn_norm_num_groups={_short(c['attn_norm_num_groups'])}; expected None or {groups}"
+            f"unet config attn_norm_num_groups={shown(c['attn_norm_num_groups'], 60)}; expected None or {groups}"
         )
     attn_widths = {w for w, a in zip(widths, attn_down) if a} | {widths[-1]}
     head_dim = c["attention_head_dim"]
@@ -449,29 +458,21 @@ def unet_config_from_diffusers(config: dict[str, Any]) -> UNetConfig:
 def _int_field(name: str, value: Any, lo: int, hi: int) -> int:
     """A config field that must be an integer in lo..hi (it sizes the network), else a DiffusersFormatError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
-        raise DiffusersFormatError(f"unet config {name}={_short(value)}; expected an integer in {lo}..{hi}")
+        raise DiffusersFormatError(f"unet config {name}={shown(value, 60)}; expected an integer in {lo}..{hi}")
     return int(value)
 
 
 def _number(where: str, name: str, value: Any) -> float:
     """A field that must be a finite number: JSON may hold null, "abc", a list, NaN or an integer of 400 digits."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DiffusersFormatError(f"{where} {name}={_short(value)}; expected a number")
+        raise DiffusersFormatError(f"{where} {name}={shown(value, 60)}; expected a number")
     try:
         x = float(value)
     except OverflowError:  # an integer beyond float's range
         x = math.inf
     if not math.isfinite(x):
-        raise DiffusersFormatError(f"{where} {name}={_short(value)}; expected a finite number")
+        raise DiffusersFormatError(f"{where} {name}={shown(value, 60)}; expected a finite number")
     return x
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """repr cut short, so that a crafted config's value still makes one short line."""
-    if isinstance(value, int) and abs(value) >= 10**50:
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def unet_config_to_diffusers(cfg: UNetConfig, out_channels: int | None = None) -> dict[str, Any]:
@@ -544,7 +545,7 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     c = {**_SCHEDULER_DEFAULTS, **config}
     T = c["num_train_timesteps"]
     if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_T:
-        raise DiffusersFormatError(f"scheduler config num_train_timesteps={_short(T)}; expected an integer in "
+        raise DiffusersFormatError(f"scheduler config num_train_timesteps={shown(T, 60)}; expected an integer in "
                                    f"1..{MAX_T}")
     beta_start, beta_end = (_number("scheduler config", name, c[name]) for name in ("beta_start", "beta_end"))
     schedule = _SCHEDULES.get(c["beta_schedule"]) if isinstance(c["beta_schedule"], str) else None
@@ -560,29 +561,29 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
         schedule, beta_end = "constant", _number("scheduler config", "trained_betas", betas[0])
     elif schedule is None:
         raise DiffusersFormatError(
-            f"scheduler config beta_schedule={_short(c['beta_schedule'])} is not supported; expected one of "
+            f"scheduler config beta_schedule={shown(c['beta_schedule'], 60)} is not supported; expected one of "
             f"{sorted(_SCHEDULES)}"
         )
     if not isinstance(c["variance_type"], str) or c["variance_type"] not in _VARIANCES:
         raise DiffusersFormatError(
-            f"scheduler config variance_type={_short(c['variance_type'])} is not supported; expected one of "
+            f"scheduler config variance_type={shown(c['variance_type'], 60)} is not supported; expected one of "
             f"{sorted(_VARIANCES)}"
         )
     if not isinstance(c["prediction_type"], str) or c["prediction_type"] not in _PREDICTIONS:
         raise DiffusersFormatError(
-            f"scheduler config prediction_type={_short(c['prediction_type'])} is not supported; expected one of "
+            f"scheduler config prediction_type={shown(c['prediction_type'], 60)} is not supported; expected one of "
             f"{sorted(_PREDICTIONS)}"
         )
     for name in ("thresholding", "rescale_betas_zero_snr"):
         if c[name]:
-            raise DiffusersFormatError(f"scheduler config {name}={_short(c[name])} is not supported; expected false")
+            raise DiffusersFormatError(f"scheduler config {name}={shown(c[name], 60)} is not supported; expected false")
     var_type = _VARIANCES[c["variance_type"]]
     learned = var_type in LEARNED_VAR_TYPES
     # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
     options: dict[str, Any] = {"loss_type": "hybrid" if learned else "simple"}
     ours = (extra or {}).get("diffusion", {})
     if not isinstance(ours, dict):
-        raise DiffusersFormatError(f"{EXTRA_NAME} 'diffusion' must be an object of options, got {_short(ours)}")
+        raise DiffusersFormatError(f"{EXTRA_NAME} 'diffusion' must be an object of options, got {shown(ours, 60)}")
     options.update(ours)
     allowed = {"loss_type", "hybrid_lambda", "levels"}
     unknown = sorted(set(options) - allowed)
@@ -707,7 +708,7 @@ def _classes_from_extra(model: UNetConfig, extra: dict[str, Any] | None) -> tupl
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
                                 or not 0 <= dropout <= 1):
         raise DiffusersFormatError(f"{EXTRA_NAME} 'classes.label_dropout' must be a number in [0, 1], got "
-                                   f"{_short(dropout)}")
+                                   f"{shown(dropout, 60)}")
     return (tuple(names) if names is not None else None), (None if dropout is None else float(dropout))
 
 
