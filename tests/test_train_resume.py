@@ -11,8 +11,9 @@ import torch
 
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.config import override, preset
+from ddpm.data import random_flip
+from ddpm.rng import generator
 from ddpm.train import Trainer, train
-from ddpm.train.trainer import flip_share
 
 TINY = dict(base_channels=16, channel_mults=[1, 2], attn_resolutions=[4], num_groups=8, T=50, batch_size=16,
             warmup_steps=5, log_every=2, sample_every=0, checkpoint_every=3, total_steps=6, ema_decay=0.9)
@@ -115,8 +116,9 @@ def test_cpu_checkpoints_hold_every_rank_cpu_rng_state_and_no_gpu_state(tmp_path
 
 def test_flips_are_drawn_for_the_global_batch():
     x = torch.arange(32.0).view(16, 1, 1, 2)  # 16 "images" whose flip is visible: [a, b] → [b, a]
-    one = flip_share(x, 0, 3, 16, slice(0, 16))
-    two = torch.cat([flip_share(x[:8], 0, 3, 16, slice(0, 8)), flip_share(x[8:], 0, 3, 16, slice(8, 16))])
+    coins = lambda: generator(0, "flip", 3)  # noqa: E731  (the trainer's stream for step 3)
+    one = random_flip(x, coins(), 16, slice(0, 16))
+    two = torch.cat([random_flip(x[:8], coins(), 16, slice(0, 8)), random_flip(x[8:], coins(), 16, slice(8, 16))])
     assert torch.equal(one, two)
     flipped = one[:, 0, 0, 0] > one[:, 0, 0, 1]
     assert 0 < flipped.sum() < 16 and torch.equal(one[~flipped], x[~flipped])

@@ -12,11 +12,19 @@ from .errors import DataError
 RESAMPLE = Image.Resampling.BICUBIC  # PIL's resize filters are antialiased when they shrink
 
 
-def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Flip each image of a batch (B, C, H, W) horizontally with probability 1/2, drawn from ``generator``."""
+def random_flip(x: Tensor, generator: torch.Generator, batch_size: int | None = None,
+                share: slice | None = None) -> Tensor:
+    """Flip each image of a batch (B, C, H, W) horizontally with probability 1/2, drawn from ``generator``.
+
+    ``x`` may be the ``share`` of a global batch of ``batch_size`` images: the coins are drawn for the whole
+    batch and sliced, so every process of a DDP run flips the images one process would.
+    """
     if x.ndim != 4:
         raise ValueError(f"random_flip expects a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
-    coins = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    coins = torch.rand(x.shape[0] if batch_size is None else batch_size, generator=generator,
+                       device=generator.device) < 0.5
+    if share is not None:
+        coins = coins[share]
     return torch.where(coins.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 

@@ -34,7 +34,7 @@ from ..checkpoint import (
     set_aside_checkpoint,
 )
 from ..config import ConfigError, RunConfig, check_resume_config
-from ..data import LabelledDataset, dataset_for
+from ..data import LabelledDataset, dataset_for, random_flip
 from ..diffusion import GaussianDiffusion
 from ..evaluation.common import check_same_classes, is_image_model
 from ..images import save_image_grid, to_display_uint8
@@ -100,14 +100,6 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     epoch, j = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=generator(seed, "data-order", epoch))
     return perm[j * batch_size:(j + 1) * batch_size]
-
-
-def flip_share(x: torch.Tensor, seed: int, step: int, batch_size: int, share: slice) -> torch.Tensor:
-    """This process's ``share`` of the global batch of ``step`` (B, C, H, W), each image flipped horizontally with
-    probability 1/2: one coin per example of the global batch from stream (seed, "flip", step), so N processes flip
-    the images one process would (``random_flip``'s rule, drawn for the whole batch)."""
-    coins = torch.rand(batch_size, generator=generator(seed, "flip", step)) < 0.5
-    return torch.where(coins[share].to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def drop_labels(y: torch.Tensor, u: torch.Tensor, p: float, null_class: int) -> torch.Tensor:
@@ -377,7 +369,8 @@ class Trainer:
     def _train_step(self, x0: torch.Tensor, window: Window, y: torch.Tensor | None = None) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
-            x0 = flip_share(x0, tc.seed, self.step, tc.batch_size, self._share())
+            # one coin per example of the global batch, stream (seed, "flip", step): N processes flip as one
+            x0 = random_flip(x0, generator(tc.seed, "flip", self.step), tc.batch_size, self._share())
         t_all, weights, noise, sl = self._global_noise(tuple(x0.shape[1:]))
         t = t_all[sl].to(self.device)
         model = self.model
@@ -468,13 +461,14 @@ class Trainer:
         if not self.group.is_main or not is_image_model(self.cfg):
             barrier(self.group)
             return
-        with self._rng_kept():  # the grid changes nothing trained (sample_every is a resumable change)
-            net = self.ema_model()
-            shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
-            K = self.cfg.model.num_classes
-            x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
-                       steps=min(GRID_STEPS, self.diffusion.T), device=self.device,
-                       classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
+        # the grid changes nothing trained (sample_every is a resumable change): ema_model keeps torch's global
+        # generators, and the samples draw from the grid's own stream
+        net = self.ema_model()
+        shape = (GRID_SAMPLES, *self.cfg.model.sample_shape)
+        K = self.cfg.model.num_classes
+        x = sample(net, self.diffusion, shape, GlobalNoise(generator(self.cfg.train.seed, "grid")),
+                   steps=min(GRID_STEPS, self.diffusion.T), device=self.device,
+                   classes=None if K is None else [i % K for i in range(GRID_SAMPLES)])
         save_image_grid(self.run_dir / "samples" / f"step_{self.step:09d}.png", to_display_uint8(x), nrow=8)
         barrier(self.group)
 
