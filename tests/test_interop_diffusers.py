@@ -23,6 +23,7 @@ from ddpm.interop.diffusers import (
     unet_config_from_diffusers,
 )
 from ddpm.nets.unet import UNet
+from ddpm.schedules import make_betas
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -183,9 +184,9 @@ def test_legacy_attention_names(cifar10_dir) -> None:
         DiffusionConfig(),
         DiffusionConfig(schedule="quadratic", var_type="fixed_beta_tilde", mean_type="x0", levels=17),
         DiffusionConfig(schedule="cosine", T=400, var_type="learned_range", loss_type="hybrid", hybrid_lambda=0.01),
-        DiffusionConfig(schedule="constant", T=50, beta_end=0.05, var_type="learned", loss_type="vlb"),
+        DiffusionConfig(schedule="constant", T=50, beta_end=0.05, var_type="learned_range", loss_type="vlb"),
     ],
-    ids=["linear", "quadratic-x0", "cosine-learned_range", "constant-learned"],
+    ids=["linear", "quadratic-x0", "cosine-learned_range", "constant-learned_range-vlb"],
 )
 def test_diffusion_config_round_trip(diffusion: DiffusionConfig, tmp_path: Path) -> None:
     cfg = UNetConfig(
@@ -210,6 +211,9 @@ def test_diffusion_config_round_trip(diffusion: DiffusionConfig, tmp_path: Path)
         torch.testing.assert_close(sched.betas, betas, rtol=1e-5, atol=1e-9)
     if diffusion.schedule == "constant":
         assert torch.allclose(sched.betas, torch.full((50,), 0.05))
+    # every schedule, cosine (diffusers' squaredcos_cap_v2) included, against diffusers' own betas
+    ours = make_betas(diffusion.schedule, diffusion.T, diffusion.beta_start, diffusion.beta_end)
+    torch.testing.assert_close(sched.betas.double(), ours, rtol=1e-5, atol=1e-9)
 
 
 def test_state_dict_errors_list_every_problem(cifar10_dir) -> None:
@@ -283,7 +287,9 @@ def test_missing_defaults_are_diffusers_defaults() -> None:
         ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid'"),
         ({"variance_type": "something"}, "variance_type='something'"),
         ({"thresholding": True}, "thresholding"),
-        ({"variance_type": "learned"}, "learned variance"),  # but the unet has 3 outputs for 3 inputs
+        ({"variance_type": "learned_range"}, "learned variance"),  # but the unet has 3 outputs for 3 inputs
+        ({"variance_type": "learned"}, "variance_type='learned' is not supported: diffusers' .* σ², ddpm's .* log σ²"),
+        ({"clip_sample_range": 1.5}, "clip_sample_range=1.5 is not supported"),
     ],
 )
 def test_unsupported_scheduler_config(cifar10_dir, tmp_path: Path, scheduler: dict, match: str) -> None:
@@ -316,7 +322,7 @@ def test_export_rejects_inconsistent_configs(tmp_path: Path) -> None:
     )
     state = UNet(cfg).state_dict()
     with pytest.raises(DiffusersFormatError, match=r"conv_out.weight: \(1, 16, 3, 3\) != expected \(2, 16, 3, 3\)"):
-        save_diffusers(tmp_path, cfg, DiffusionConfig(var_type="learned", loss_type="vlb"), state)  # no Σ outputs
+        save_diffusers(tmp_path, cfg, DiffusionConfig(var_type="learned_range", loss_type="vlb"), state)  # no Σ outputs
     with pytest.raises(DiffusersFormatError, match="mean_type='mu'"):
         save_diffusers(tmp_path, cfg, DiffusionConfig(mean_type="mu", loss_type="mu_mse"), state)
     with pytest.raises(DiffusersFormatError, match="attn_resolutions"):

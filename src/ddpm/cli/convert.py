@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..interop.convert import from_diffusers, to_diffusers
+from ..interop.convert import save_import, to_diffusers
+from ..interop.diffusers import load_diffusers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,16 +16,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--from-diffusers", metavar="DIR", help="diffusers pipeline directory to import")
     src.add_argument("--to-diffusers", metavar="CKPT", help="ddpm checkpoint (or run directory) to export")
     p.add_argument("--out", required=True, help="output checkpoint directory (import) or pipeline directory (export)")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="weights to export (default: ema)")
+    p.add_argument("--weights", choices=("ema", "model"), default=None,
+                   help="with --to-diffusers: the weights to export (default: ema)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out that already holds files")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.from_diffusers:
-        path = from_diffusers(args.from_diffusers, args.out, args.overwrite)
+        if args.weights is not None:
+            raise ValueError(f"--weights {args.weights} applies to --to-diffusers only: a diffusers pipeline holds "
+                             "one set of weights")
+        imported = load_diffusers(args.from_diffusers)
+        path = save_import(imported, args.from_diffusers, args.out, args.overwrite)
         print(f"imported {args.from_diffusers} → {path} (use it with ddpm sample/nll --checkpoint {path})")
+        if not imported.clip_sample:
+            print("note: its scheduler does not clip x̂₀ (clip_sample=false) and ddpm's samplers do: pass "
+                  "--no-clip to ddpm sample/nll to sample as diffusers does")
     else:
-        path = to_diffusers(args.to_diffusers, args.out, args.weights, args.overwrite)
+        path = to_diffusers(args.to_diffusers, args.out, args.weights or "ema", args.overwrite)
         print(f"exported {args.to_diffusers} → {path} (DDPMPipeline.from_pretrained('{path}') loads it)")
     return 0

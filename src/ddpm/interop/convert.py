@@ -7,7 +7,9 @@ from pathlib import Path
 from ..checkpoint import save_model
 from ..config import DataConfig, RunConfig, TrainConfig, UNetConfig
 from ..loading import CLASS_NAMES_KEY, load_model
-from .diffusers import DiffusersFormatError, load_diffusers, save_diffusers
+from .diffusers import DiffusersFormatError, DiffusersImport, load_diffusers, save_diffusers
+
+DIFFUSERS_KEY = "diffusers"  # in the checkpoint's extra: what the source scheduler did that no config field says
 
 
 def from_diffusers(directory: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -16,13 +18,22 @@ def from_diffusers(directory: str | Path, out: str | Path, overwrite: bool = Fal
     The data section guesses the dataset from the shape (32×32 RGB: CIFAR-10, else an image folder); pass
     ``--data``/``--dataset`` to the evaluation commands to point them elsewhere.
     """
-    imp = load_diffusers(directory)
+    return save_import(load_diffusers(directory), directory, out, overwrite)
+
+
+def save_import(imp: DiffusersImport, directory: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write an imported diffusers DDPM (``load_diffusers(directory)``) as a model-only checkpoint at ``out``.
+
+    Its extra records whether the source scheduler clipped x̂₀ (``clip_sample``), which no config field holds.
+    """
     m = imp.model
     dataset = "cifar10" if (m.image_size, m.in_channels) == (32, 3) else "folder"
     train = TrainConfig() if imp.label_dropout is None else TrainConfig(label_dropout=imp.label_dropout)
     cfg = RunConfig(name=f"imported:{Path(directory).name}", model=m, diffusion=imp.diffusion,
                     data=DataConfig(dataset=dataset), train=train)
-    extra = {} if imp.class_names is None else {CLASS_NAMES_KEY: list(imp.class_names)}
+    extra: dict[str, object] = {DIFFUSERS_KEY: {"clip_sample": imp.clip_sample}}
+    if imp.class_names is not None:
+        extra[CLASS_NAMES_KEY] = list(imp.class_names)
     return save_model(out, cfg.to_dict(), imp.state_dict, overwrite, extra)
 
 

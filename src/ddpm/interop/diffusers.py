@@ -12,7 +12,9 @@ The diffusers ``UNet2DModel`` configurations that are the paper's U-Net are acce
 time embedding without the sin/cos flip and with ``freq_shift=1``, single-head attention,
 GroupNorm ε = 1e-6, TensorFlow-style stride-2 downsampling (``downsample_padding=0``), blocks
 ``DownBlock2D``/``AttnDownBlock2D`` and ``UpBlock2D``/``AttnUpBlock2D``. Anything else is a
-``DiffusersFormatError`` naming the field. Options of ours that diffusers has no field for
+``DiffusersFormatError`` naming the field. On the scheduler side, ``variance_type='learned'`` is refused both ways
+(diffusers reads those channels as σ², ddpm as log σ²), and so is clipping x̂₀ to a range other than [-1, 1];
+``clip_sample=false`` is reported (``DiffusersImport.clip_sample``). Options of ours that diffusers has no field for
 (``loss_type``, ``hybrid_lambda``, ``levels``) travel in an extra top-level ``ddpm.json``.
 
 A class-conditional U-Net (``num_classes`` = K) is diffusers' ``num_class_embeds`` = K + 1 (a class embedding
@@ -61,6 +63,7 @@ __all__ = [
     "load_diffusers",
     "ours_to_diffusers_key",
     "save_diffusers",
+    "scheduler_clips",
     "state_dict_from_diffusers",
     "state_dict_to_diffusers",
     "unet_config_from_diffusers",
@@ -94,6 +97,7 @@ class DiffusersImport:
     state_dict: dict[str, Tensor]
     class_names: tuple[str, ...] | None = None  # a class-conditional model's class names, if stored
     label_dropout: float | None = None          # what trained its "no class" row (0: never trained)
+    clip_sample: bool = True                    # whether diffusers' scheduler clips x̂₀ (False: sample with --no-clip)
 
 
 # --- parameter names -----------------------------------------------------------------------------
@@ -523,9 +527,13 @@ _VARIANCES = {
     "fixed_large_log": "fixed_beta",
     "fixed_small": "fixed_beta_tilde",
     "fixed_small_log": "fixed_beta_tilde",
-    "learned": "learned",
-    "learned_range": "learned_range",
+    "learned_range": "learned_range",  # both: log σ² interpolates log β̃_t and log β_t by (v + 1)/2 (Nichol & Dhariwal)
 }
+# diffusers' "learned" reads the Σ channels as σ² itself (DDPMScheduler._get_variance returns them and step takes their
+# square root); ddpm's "learned" reads them as log σ² (Table 2). The same name, two different networks: refused both
+# ways, since a model of one run under the other samples from the wrong variance (NaN: the square root of a log).
+_LEARNED_MISMATCH = ("diffusers' variance_type='learned' reads the network's variance channels as σ², ddpm's "
+                     "var_type='learned' as log σ²")
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0"}
 _SCHEDULER_DEFAULTS: dict[str, Any] = {  # DDPMScheduler's defaults
     "num_train_timesteps": 1000,
@@ -536,6 +544,8 @@ _SCHEDULER_DEFAULTS: dict[str, Any] = {  # DDPMScheduler's defaults
     "variance_type": "fixed_small",
     "prediction_type": "epsilon",
     "thresholding": False,
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
     "rescale_betas_zero_snr": False,
 }
 
@@ -564,6 +574,8 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
             f"scheduler config beta_schedule={shown(c['beta_schedule'], 60)} is not supported; expected one of "
             f"{sorted(_SCHEDULES)}"
         )
+    if c["variance_type"] == "learned":
+        raise DiffusersFormatError(f"scheduler config variance_type='learned' is not supported: {_LEARNED_MISMATCH}")
     if not isinstance(c["variance_type"], str) or c["variance_type"] not in _VARIANCES:
         raise DiffusersFormatError(
             f"scheduler config variance_type={shown(c['variance_type'], 60)} is not supported; expected one of "
@@ -577,6 +589,7 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     for name in ("thresholding", "rescale_betas_zero_snr"):
         if c[name]:
             raise DiffusersFormatError(f"scheduler config {name}={shown(c[name], 60)} is not supported; expected false")
+    _clip_sample(c)  # checked here; load_diffusers reports it (scheduler_clips)
     var_type = _VARIANCES[c["variance_type"]]
     learned = var_type in LEARNED_VAR_TYPES
     # a learned Σ needs the bound in the loss: default to Nichol & Dhariwal's hybrid objective
@@ -600,15 +613,35 @@ def diffusion_config_from_scheduler(config: dict[str, Any], extra: dict[str, Any
     )
 
 
+def scheduler_clips(config: dict[str, Any]) -> bool:
+    """Whether a ``DDPMScheduler`` config clips x̂₀ to [-1, 1] at each step (``clip_sample``, diffusers' default).
+
+    ddpm's samplers clip to [-1, 1] unless told ``--no-clip``; a config clipping to another range is refused.
+    """
+    return _clip_sample({**_SCHEDULER_DEFAULTS, **config})
+
+
+def _clip_sample(c: dict[str, Any]) -> bool:
+    clip = c["clip_sample"]
+    if not isinstance(clip, bool):
+        raise DiffusersFormatError(f"scheduler config clip_sample={shown(clip, 60)}; expected true or false")
+    if clip and _number("scheduler config", "clip_sample_range", c["clip_sample_range"]) != 1.0:
+        raise DiffusersFormatError(f"scheduler config clip_sample_range={shown(c['clip_sample_range'], 60)} is not "
+                                   "supported; expected 1.0 (ddpm clips x̂₀ to [-1, 1], the range of the data)")
+    return clip
+
+
 def diffusion_config_to_scheduler(cfg: DiffusionConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """DiffusionConfig → (a ``DDPMScheduler`` scheduler_config.json dict, our ``ddpm.json`` extras)."""
     to_schedule = {v: k for k, v in _SCHEDULES.items()}
     to_var = {
         "fixed_beta": "fixed_large",
         "fixed_beta_tilde": "fixed_small",
-        "learned": "learned",
         "learned_range": "learned_range",
     }
+    if cfg.var_type not in to_var:
+        raise DiffusersFormatError(f"diffusion.var_type={cfg.var_type!r} has no diffusers equivalent: "
+                                   f"{_LEARNED_MISMATCH} (DDPMScheduler would sample NaN); 'learned_range' exports")
     to_pred = {v: k for k, v in _PREDICTIONS.items()}
     if cfg.mean_type not in to_pred:
         raise DiffusersFormatError(
@@ -659,7 +692,8 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
         [root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"], "scheduler config"
     )
     extra = _read_json(root / EXTRA_NAME) if (root / EXTRA_NAME).is_file() else None
-    diffusion = diffusion_config_from_scheduler(_read_json(sched_path), extra)
+    sched_json = _read_json(sched_path)
+    diffusion = diffusion_config_from_scheduler(sched_json, extra)
     class_names, label_dropout = _classes_from_extra(model_cfg, extra)
     out_channels = network_out_channels(model_cfg, diffusion)
     found = unet_json.get("out_channels", _UNET_DEFAULTS["out_channels"])
@@ -680,7 +714,7 @@ def load_diffusers(directory: str | Path) -> DiffusersImport:
         # an integer or float8 weight would import, then the checkpoint written would not load
         _refuse_non_floats(weights, {k: str(v.dtype).removeprefix("torch.") for k, v in raw.items()
                                      if not _is_loadable_float(v)})
-    return DiffusersImport(model_cfg, diffusion, state, class_names, label_dropout)
+    return DiffusersImport(model_cfg, diffusion, state, class_names, label_dropout, scheduler_clips(sched_json))
 
 
 def _classes_from_extra(model: UNetConfig, extra: dict[str, Any] | None) -> tuple[tuple[str, ...] | None,
