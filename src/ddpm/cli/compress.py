@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from ..compression import CodecOptions
 from ..loading import Weights
-from ..outputs import OutputDir, check_output_dir, check_output_file, write_bytes
+from ..outputs import MARKER, OutputDir, OutputError, check_output_dir, check_output_file, write_bytes
 from .options import Flag, add_options, build
 from .types import non_negative_int
 
@@ -28,7 +31,8 @@ CODEC_HELP = {
     "steps": "code a chain respaced to this many steps (default: all T; fewer is faster and costs the respaced "
              "bound, see ddpm nll --steps)",
     "batch_size": "most images coded side by side",
-    "grid_log2": "latent grid δ_t = 2^N × the narrowest std coding x_t",
+    "grid_log2": "latent grid δ_t = 2^N × the narrowest std coding x_t (0 codes the bound ddpm nll measures; "
+                 "docs/compression.md measures others)",
     "window": "coding windows of ± N standard deviations",
     "clip_denoised": Flag("do not clip x̂₀ to [-1, 1] inside p_θ", names=("--no-clip",)),
     "variance": "reverse variance: the model's, or Analytic-DPM's σ*² from the Γ estimate stored beside the "
@@ -82,9 +86,16 @@ def run_compress(args: argparse.Namespace) -> int:
     result = compress(model, images, options, progress=not args.no_progress, gamma=gamma)
     write_bytes(out, result.data)
     raw = sum(p.stat().st_size for p in paths)
+    coded = result.payload_bits_per_dim - result.initial_bits_per_dim
     print(f"compressed {len(paths)} images ({c}×{size}×{size}, {model.diffusion.levels} levels, "
-          f"{result.header.steps}-step chain, {options.variance} variance) into {len(result.data)} bytes: "
-          f"{result.bits_per_dim:.4f} bits/dim (inputs: {raw} bytes) in {result.seconds:.1f} s -> {out}")
+          f"{result.header.steps}-step chain, {options.variance} variance) into {len(result.data)} bytes "
+          f"(inputs: {raw} bytes) in {result.seconds:.1f} s -> {out}")
+    # what the bits are: the chain's code (which approaches the bound), bits-back's start-up borrow, the header
+    print(f"{result.bits_per_dim:.4f} bits/dim = {coded:.4f} coded + {result.initial_bits_per_dim:.4f} start-up "
+          f"(bits borrowed before any were coded) + {result.bits_per_dim - result.payload_bits_per_dim:.4f} header and "
+          f"checksum; compare the coded part with `ddpm nll --checkpoint {args.checkpoint} --steps "
+          f"{result.header.steps}{' --variance analytic' if options.variance == 'analytic' else ''}`, "
+          "the bound it approaches")
     return 0
 
 
@@ -99,22 +110,62 @@ def run_decompress(args: argparse.Namespace) -> int:
     import torch
 
     from ..compression import decompress
-    from ..compression.container import VARIANCES, unpack
+    from ..compression.codec import preview_times
+    from ..compression.container import VARIANCES, read_file, unpack
     from ..compression.files import write_images
     from ..images import save_image_grid, to_display_uint8
     from ..loading import load_model
 
     path = Path(args.file)
     check_output_dir(args.out, "decompress", args.overwrite)
-    data = path.read_bytes()
+    data = read_file(path)  # a file that is not one, or of the wrong size, is refused before it is read
+    header, _ = unpack(data, str(path))  # and a damaged one before the model loads
     model = load_model(args.checkpoint, args.weights)
-    header, _ = unpack(data, str(path))  # which variance the file was coded with
+    stale = _stale_outputs(Path(args.out), header.count, preview_times(model, header.steps, args.previews).values(),
+                           args.overwrite)
     gamma = _stored_gamma(args.checkpoint, model) if VARIANCES[header.variance] == "analytic" else None
     result = decompress(model, data, args.previews, progress=not args.no_progress, name=str(path), gamma=gamma)
     with OutputDir(args.out, "decompress", overwrite=args.overwrite) as out:
+        for old in stale:  # --overwrite: an earlier decode's files that this one does not replace
+            old.unlink(missing_ok=True)
         write_images(out, result.images, result.header.levels)
         for t, x0 in result.previews.items():  # the first PREVIEW_IMAGES
             save_image_grid(out / "previews" / f"x0_t{t:04d}.png", to_display_uint8(torch.from_numpy(x0)))
     extra = f", {len(result.previews)} x̂₀ previews in {out / 'previews'}" if result.previews else ""
     print(f"decompressed {len(result.images)} images in {result.seconds:.1f} s -> {out}{extra}")
     return 0
+
+
+_DECODED = re.compile(r"[0-9]{6}\.png")
+
+
+def _stale_outputs(out: Path, count: int, preview_ts: Iterable[int], overwrite: bool) -> list[Path]:
+    """Files of an earlier decode in ``out`` that this one would leave beside its own (images past ``count``,
+    previews at other t), which would read as part of this file's output: refused, or with ``overwrite`` returned
+    for removal — but only from a folder that ``ddpm decompress`` wrote, never a user's own files."""
+    if not out.is_dir():
+        return []
+    ours = {f"x0_t{t:04d}.png" for t in preview_ts}
+    stale = sorted(p for p in out.iterdir() if _DECODED.fullmatch(p.name) and int(p.name[:6]) >= count)
+    if (out / "previews").is_dir():
+        stale += sorted(p for p in (out / "previews").glob("x0_t*.png") if p.name not in ours)
+    if not stale:
+        return []
+    named = ", ".join(str(p.relative_to(out)) for p in stale[:2]) + (f" and {len(stale) - 2} more" if len(stale) > 2
+                                                                     else "")
+    if not overwrite:
+        raise OutputError(f"--out {out} holds files of an earlier decode ({named}) that this file's {count} images "
+                          "would not replace; choose another --out or pass --overwrite to remove them")
+    if _written_by(out) != "decompress":
+        raise OutputError(f"--out {out} holds files ({named}) that this decode would not replace and that "
+                          "ddpm decompress did not write; remove them or choose another --out")
+    return stale
+
+
+def _written_by(out: Path) -> str | None:
+    """The ddpm command named by ``out``'s output marker (see ddpm.outputs), if any."""
+    try:
+        data = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None

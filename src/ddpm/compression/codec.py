@@ -250,6 +250,17 @@ def compress(model: LoadedModel, images: np.ndarray, options: CodecOptions = Cod
     return Compressed(pack(header, payload), header, time.perf_counter() - tick)
 
 
+def preview_times(model: LoadedModel, steps: int, previews: int) -> dict[int, int]:
+    """The ``previews`` steps of a ``steps``-step chain where x̂₀ is shown: chain t -> the original chain's t (its name).
+
+    Empty for ``previews`` = 0, or for a chain longer than the model's (which ``decompress`` refuses).
+    """
+    if previews <= 0 or not 1 <= steps <= model.diffusion.T:
+        return {}
+    diffusion = model.diffusion.with_steps(steps)  # the respacing rule of chain_code; the variance plays no part
+    return {t: int(diffusion.schedule.timesteps[t - 1]) + 1 for t in spaced_steps(steps, min(previews, steps))}
+
+
 @torch.inference_mode()
 def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: bool = False,
                name: str = "the file", gamma: torch.Tensor | None = None) -> Decompressed:
@@ -292,7 +303,8 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
     else:
         gamma = None  # the model's own variance: an estimate, if given, plays no part
     code = chain_code(model, header.steps, header.grid_log2, header.window, header.clip_denoised, gamma)
-    preview_ts = set(spaced_steps(code.T, min(previews, code.T))) if previews > 0 else set()
+    names = preview_times(model, header.steps, previews)
+    preview_ts = set(names)
     shown = min(header.count, PREVIEW_IMAGES)  # previews are grids of at most this many: memory stays bounded
     shots: dict[int, np.ndarray] = {t: np.zeros((shown, *shape), np.float32) for t in preview_ts}
     out = np.zeros((header.count, *shape), dtype=np.uint8)
@@ -323,6 +335,5 @@ def decompress(model: LoadedModel, data: bytes, previews: int = 0, progress: boo
     if left.size != header.initial_words - header.trimmed_words or \
             not np.array_equal(left, initial_words(header.initial_words)[header.trimmed_words:]):
         raise CompressionError(astray)
-    paper_time = code.diffusion.schedule.timesteps  # previews are named by the original chain's t
     return Decompressed(out, header, time.perf_counter() - tick,
-                        {int(paper_time[t - 1]) + 1: shots[t] for t in sorted(shots, reverse=True)})
+                        {names[t]: shots[t] for t in sorted(shots, reverse=True)})

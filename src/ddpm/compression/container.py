@@ -10,9 +10,11 @@ Version 1 (ddpm 0.1) had no variance fields: its files were coded with the model
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import astuple, dataclass
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -63,6 +65,9 @@ class Header:
     gamma_hash: bytes = NO_GAMMA  # 16 bytes identifying that Γ estimate (``codec.gamma_hash``)
 
 
+_PAYLOAD_FIELD = list(Header.__dataclass_fields__).index("payload_words")  # after signature and version
+
+
 def pack(header: Header, payload: np.ndarray) -> bytes:
     """The file's bytes."""
     if payload.size != header.payload_words:
@@ -75,15 +80,8 @@ def pack(header: Header, payload: np.ndarray) -> bytes:
 
 def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     """Header and payload of a file's bytes; a CompressionError says what is wrong with a bad one."""
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise CompressionError(f"{name} is not a ddpm compressed file (no 'DDPZ' signature)")
-    if len(data) <= len(MAGIC):
-        raise CompressionError(f"{name} is truncated: {len(data)} bytes, shorter than the header")
-    version = data[len(MAGIC)]
-    if version not in _HEADERS:
-        raise CompressionError(f"{name} has format version {version}; this ddpm reads versions "
-                               f"{', '.join(map(str, _HEADERS))}")
-    layout = _HEADERS[version]
+    _check_prefix(data, name)
+    layout = _HEADERS[data[len(MAGIC)]]
     if len(data) < layout.size + _CRC.size:
         raise CompressionError(f"{name} is truncated: {len(data)} bytes, shorter than the header")
     magic, version, *fields = layout.unpack_from(data)
@@ -101,6 +99,40 @@ def unpack(data: bytes, name: str = "the file") -> tuple[Header, np.ndarray]:
     check_header(header, name)
     payload = np.frombuffer(body, dtype="<u4", offset=layout.size).astype(np.uint32)
     return header, payload
+
+
+def read_file(path: str | Path) -> bytes:
+    """A compressed file's bytes, refused on its first bytes and its size before the rest is read.
+
+    A file that is not one (a PNG, a disk image given by mistake) or whose size disagrees with its header is
+    refused without being read into memory; ``unpack`` then checks everything else.
+    """
+    name = str(path)
+    with open(path, "rb") as f:
+        head = f.read(max(layout.size for layout in _HEADERS.values()))
+        _check_prefix(head, name)  # signature and version
+        layout = _HEADERS[head[len(MAGIC)]]
+        if len(head) >= layout.size:
+            payload_words = layout.unpack_from(head)[2 + _PAYLOAD_FIELD]
+            expected = layout.size + 4 * payload_words + _CRC.size
+            size = os.fstat(f.fileno()).st_size
+            if size != expected:
+                what = "truncated" if size < expected else "longer than its header says"
+                raise CompressionError(f"{name} is {what}: {size} bytes, the header describes {expected}")
+        f.seek(0)
+        return f.read()
+
+
+def _check_prefix(data: bytes, name: str) -> None:
+    """Refuse bytes that do not start with the signature and a format version this ddpm reads."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise CompressionError(f"{name} is not a ddpm compressed file (no 'DDPZ' signature)")
+    if len(data) <= len(MAGIC):
+        raise CompressionError(f"{name} is truncated: {len(data)} bytes, shorter than the header")
+    version = data[len(MAGIC)]
+    if version not in _HEADERS:
+        raise CompressionError(f"{name} has format version {version}; this ddpm reads versions "
+                               f"{', '.join(map(str, _HEADERS))}")
 
 
 def check_header(h: Header, name: str = "the file") -> None:
