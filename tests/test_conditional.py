@@ -229,7 +229,7 @@ def test_unconditional_model_refuses_a_class(tmp_path, capsys):
     ck = make_checkpoint(tmp_path / "u")
     assert main(["sample", "--checkpoint", str(ck), "--out", str(tmp_path / "s"), "--class", "3",
                  "--no-progress"]) == 2
-    assert "--class needs a class-conditional model; this one is unconditional" in capsys.readouterr().err
+    assert "--class given, but this model is unconditional" in capsys.readouterr().err
 
 
 def test_nll_of_a_conditional_model_is_the_conditional_bound(tmp_path, capsys):

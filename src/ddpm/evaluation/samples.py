@@ -25,7 +25,7 @@ from ..images import save_image_grid, to_display_uint8
 from ..outputs import safe_name, write_npz
 from ..rng import per_item
 from ..sampling import SAMPLER_NAMES, SAMPLERS, SamplerName, sample
-from ..sampling.guidance import check_guidance, class_index, model_classes
+from ..sampling.guidance import check_guidance, class_labels, model_classes
 from ..sampling.registry import spacing_for
 from ..schedules import SPACINGS, Spacing
 from .common import CommonOptions, batched, is_image_model, session, write_json, write_run_info
@@ -114,13 +114,9 @@ class SampleOptions:
         """The class of each of the n samples (None: unconditional); "all" is n of each class, class-major."""
         if self.classes is None:
             return None
-        K, names = model_classes(model)
-        if K is None:
-            raise ConfigError("--class needs a class-conditional model; this one is unconditional "
-                              "(model.num_classes is None)")
-        if self.classes == "all":
-            return [k for k in range(K) for _ in range(n)]
-        return [class_index(self.classes, names, "--class")] * n
+        K, _ = model_classes(model)
+        total = n * K if self.classes == "all" and K else n
+        return class_labels(model, self.classes, total, "--class").tolist()  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)

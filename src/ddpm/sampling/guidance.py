@@ -6,8 +6,10 @@ Samplers, the bound and the losses call ``model(x_t, step)``; a class-conditiona
 
     ε̃(x_t, c) = (1 + w) ε_θ(x_t, c) − w ε_θ(x_t, ∅)                  (Ho & Salimans 2022, Eq. 6)
 
-from one network call on the conditional and the null halves concatenated. w = 0 is the conditional model. As
-both are plain ``model(x_t, step)`` callables, every sampler of the registry (and Analytic-DPM's mean) gets them.
+from one network call on the conditional and the null halves concatenated. w = 0 is the conditional model. This w
+is Ho & Salimans' own: diffusers' ``guidance_scale`` is 1 + w (its 7.5 is w = 6.5 here). The guided call takes a
+batch of 2B, so it needs about twice the activation memory of an unguided one. As both are plain
+``model(x_t, step)`` callables, every sampler of the registry (and Analytic-DPM's mean) gets them.
 
 Parameterizations: at a fixed x_t, ε, x̂₀ (Eq. 15) and μ̃ (Eq. 7) are affine in one another and the weights
 (1 + w, −w) sum to 1, so guiding the network's x₀ or μ output is the same guidance as guiding its ε. A learned
@@ -79,9 +81,15 @@ def class_labels(model: object, classes: ClassSpec, n: int, option: str = "class
             raise ConfigError(f"{option}='all' draws as many samples of each of the {num} classes: the number of "
                               f"samples ({n}) must be a multiple of {num}")
         return torch.arange(num).repeat_interleave(n // num)
-    if isinstance(classes, (str, numbers.Integral)):
+    if getattr(classes, "ndim", None) == 0:  # a 0-d tensor or array: one class, as the number it holds
+        classes = classes.item()
+    if isinstance(classes, (str, numbers.Number)):  # one class for all (a float or a bool: class_index refuses it)
         return torch.full((n,), class_index(classes, names, option), dtype=torch.long)
-    values = classes.tolist() if torch.is_tensor(classes) else list(classes)
+    try:
+        values = classes.tolist() if torch.is_tensor(classes) else list(classes)
+    except TypeError:
+        raise ConfigError(f"{option} must be a class, a sequence of classes (one per sample) or 'all', got "
+                          f"{shown(classes)}") from None
     if len(values) != n:
         raise ConfigError(f"{option} gives {len(values)} classes for {n} samples: give one class, one per sample, "
                           "or 'all'")
@@ -125,9 +133,12 @@ class Guided:
 
     net: Network         # net(x_t, step, y)
     labels: Tensor       # (B,) classes c in 0..K−1
-    scale: float         # w > 0
+    scale: float         # w >= 0 (finite)
     null_class: int      # K: "no class"
     learn_sigma: bool    # the output's second half is Σ's: taken from the conditional half, not guided
+
+    def __post_init__(self) -> None:
+        check_guidance(self.scale, True)  # NaN, ±inf or w < 0 would reach every sample unnoticed
 
     def __call__(self, x_t: Tensor, steps: Tensor) -> Tensor:
         y = repeat_labels(self.labels, x_t.shape[0]).to(x_t.device)
