@@ -205,3 +205,35 @@ def test_a_field_without_a_command_line_type_or_a_shared_option_is_a_programming
     with pytest.raises(ValueError, match="share the option"):
         add_options(p, Inner, {"split": "split"})
 
+
+
+# --- what a newcomer types wrong: each refusal names the subcommand, the option's new home, the default as typed --
+
+def test_an_unknown_option_of_a_subcommand_is_named_with_that_subcommand(capsys):
+    from ddpm.cli import main
+
+    assert main(["quickstart", "--ddim-steps", "5"]) == 2  # quickstart's option of 0.2, now --sampler-steps
+    err = capsys.readouterr().err.strip()
+    assert err == "ddpm quickstart: error: unrecognized arguments: --ddim-steps 5 (see ddpm quickstart --help)"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--data.image_size", "16"], "unknown option --data.image_size (data.image_size is now model.image_size: "
+                                  "--image_size)"),
+    (["--data.channels", "3"], "(data.channels is now model.in_channels: --channels)"),
+    (["--learn_sigma", "true"], "unknown option --learn_sigma (model.learn_sigma is now diffusion.var_type: "
+                                "--var_type learned or learned_range)"),
+    (["--model.learn_sigma", "true"], "(model.learn_sigma is now diffusion.var_type: --var_type"),
+])
+def test_an_override_of_a_moved_field_names_its_new_home(argv, needle):
+    from ddpm.cli.overrides import parse_overrides
+    from ddpm.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_overrides(argv)
+    assert needle in str(e.value)
+
+
+def test_a_tuple_default_is_shown_as_it_is_typed():
+    help_text = " ".join(subparsers()["quickstart"].format_help().split())
+    assert "(default 10,20,50)" in help_text and "(10, 20, 50)" not in help_text

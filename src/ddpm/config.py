@@ -415,7 +415,7 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "config") -> Any:
 _ALIASES = {"channels": "model.in_channels"}
 
 # Fields that configs written before ddpm 0.2 held, and where each fact lives now.
-_MOVED = {
+MOVED_FIELDS = {
     "data.image_size": "model.image_size",
     "data.channels": "model.in_channels",
     "model.learn_sigma": "diffusion.var_type",
@@ -437,7 +437,7 @@ def migrate(d: Any) -> Any:
     model, data = dict(d.get("model", {})), dict(d.get("data", {}))
     sections = {"model": model, "data": data}
     default_model = UNetConfig() if model.get("kind", "unet") == "unet" else MLPConfig()
-    for old, new in _MOVED.items():
+    for old, new in MOVED_FIELDS.items():
         sec, name = old.split(".")
         if name not in sections[sec]:
             continue
@@ -483,8 +483,8 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
         updates[sec][name] = value
 
     for key, value in changes.items():
-        if key in _MOVED:
-            raise ConfigError(f"option {key!r} is now {_MOVED[key]!r}" + (
+        if key in MOVED_FIELDS:
+            raise ConfigError(f"option {key!r} is now {MOVED_FIELDS[key]!r}" + (
                 " (a learned Σ is var_type 'learned' or 'learned_range')" if key == "model.learn_sigma" else ""))
         if key in _ALIASES and isinstance(cfg.model, UNetConfig):
             sec, name = _ALIASES[key].split(".")
@@ -502,8 +502,9 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             name = key
             owners = [s for s, obj in sections.items() if name in {f.name for f in fields(obj)}]
         if not owners:
-            moved = [old for old in _MOVED if old.split(".")[1] == name]
-            raise ConfigError(f"unknown option {key!r}" + (f" ({moved[0]} is now {_MOVED[moved[0]]})" if moved else ""))
+            moved = [old for old in MOVED_FIELDS if old.split(".")[1] == name]
+            raise ConfigError(f"unknown option {key!r}"
+                              + (f" ({moved[0]} is now {MOVED_FIELDS[moved[0]]})" if moved else ""))
         if len(owners) > 1:
             raise ConfigError(f"option {key!r} is ambiguous: use one of {[f'{o}.{name}' for o in owners]}")
         put(owners[0], name, key, value)

@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of subcommand ``command`` (``parser`` itself when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def describe_error(e: BaseException) -> tuple[str, int]:
     """One line for an error and the exit code: 2 for what a user can cause and mend, 1 for a bug of ours."""
     from ..train import NonFiniteError
@@ -84,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and not getattr(args, "accepts_overrides", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra and not getattr(args, "accepts_overrides", False):  # named with its command: "ddpm sample: ..."
+            command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse has printed its one line (or the help)
         return e.code if isinstance(e.code, int) else 2
     args.overrides = extra

@@ -2,7 +2,7 @@
 
 Argument parsing only: each command adds the fields of its options dataclasses as options (``cli.options``: the
 default, type and choices of each come from its field) and builds them by name, then calls ``ddpm.evaluation``.
-Every command except ``fid`` splits its work over processes under torchrun
+Every command except ``fid`` and ``analytic-variance`` splits its work over processes under torchrun
 (``python -m torch.distributed.run --nproc_per_node N -m ddpm.cli <command> ...``); rank 0 writes the results.
 """
 
@@ -32,7 +32,7 @@ COMMON_HELP = {
     "seed": "seeds every noise draw, per item",
     "batch_size": "items per network call",
     "device": DEVICE_HELP,
-    "limit": "work on the first N items only",
+    "limit": "work on the first LIMIT items only (a quick subset)",
     "progress": "no progress bars",
     "bf16": "run the network in bfloat16 (autocast; the schedule arithmetic stays float32/float64)",
     **_OVERWRITE,
@@ -42,7 +42,7 @@ DATA_HELP = {
     "path": Flag("dataset path (replaces the config's data.path)", names=("--data",)),
     "dataset": "dataset kind (replaces the config's data.dataset): digits, cifar10, folder, lmdb, npz, toy2d",
 }
-_CLIP = {"clip_denoised": Flag("do not clip x̂₀ to [-1, 1] inside p_θ", names=("--no-clip",))}
+_CLIP = {"clip_denoised": Flag("do not clip x̂₀ (Eq. 15) to [-1, 1] inside p_θ", names=("--no-clip",))}
 _BOUND_BATCH = {"batch_size": 16}  # the bound commands' network calls each take --t-batch times t as well
 
 
@@ -72,13 +72,13 @@ def data_choice(args: argparse.Namespace) -> DataChoice:
 
 NLL_HELP = {
     "t_batch": "times t per network call",
-    "decoder": "L_0: discretized (Eq. 13, images) or continuous (toy points); auto picks",
+    "decoder": "L_0: discretized (Eq. 13, images) or a Gaussian density (continuous toy points); auto: by the data",
     "save_terms": "also write terms.npz (every term of every image)",
     "steps": "bound of the chain respaced to this many steps (default: all T)",
-    "variance": "reverse variance: the model's or Analytic-DPM's optimal one from the Gamma estimate beside the "
+    "variance": "reverse variance: the model's or Analytic-DPM's optimal one from the Γ estimate beside the "
                 "checkpoint (computed on the training split if missing)",
-    "n_images": f"training images for a Gamma estimate computed now (default: {DEFAULT_IMAGES})",
-    "recompute": "recompute and replace the stored Gamma estimate",
+    "n_images": f"training images for a Γ estimate computed now (default: {DEFAULT_IMAGES})",
+    "recompute": "recompute and replace the stored Γ estimate",
     **DATA_HELP, **_CLIP,
 }
 
@@ -151,7 +151,7 @@ SAMPLE_HELP = {
     "spacing": "which of the T steps a shorter chain uses: uniform, quadratic (denser near t = 1) or logsnr "
                "(uniform in log-SNR) (default: the sampler's, logsnr for the DPM-Solver++ family, uniform for the "
                "others)",
-    "eta": "DDIM η >= 0; 0 is deterministic",
+    "eta": "DDIM η >= 0 (σ_t of Song et al.'s Eq. 16); 0 is deterministic, 1 is σ_t² = β̃_t",
     "grid": "samples shown in the PNG (with --class all: one row per class, grid/K of each)",
     "name": "file stem",
     "classes": Flag("a class-conditional model's class, by name or index, or 'all' (--n of each class, one PNG "
@@ -268,7 +268,7 @@ FID_HELP = {
     "seed": "seeds the Inception Score's split permutation and the digits metric",
     "batch_size": "images per feature-extractor call",
     "device": DEVICE_HELP,
-    "limit": "use the first N samples",
+    "limit": "use the first LIMIT samples",
     "overwrite": "write into an --out (or over a --save-stats file) that holds other files",
     **DATA_HELP,
 }
@@ -327,8 +327,8 @@ ANALYTIC_VARIANCE_HELP = {
 
 
 def register_analytic_variance(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analytic-variance", help="Analytic-DPM's Gamma estimate, stored beside the checkpoint",
-                       description="Gamma_t = E||eps_theta(x_t, t)||^2/d for every t by Monte Carlo over training "
+    p = sub.add_parser("analytic-variance", help="Analytic-DPM's Γ estimate, stored beside the checkpoint",
+                       description="Γ_t = E‖ε_θ(x_t, t)‖²/d for every t by Monte Carlo over training "
                                    "images (Bao et al. 2022), written beside the checkpoint as "
                                    "<checkpoint>.analytic-<weights>.safetensors and .json (with the model's hash). "
                                    "Used by --sampler analytic-ddpm|analytic-ddim and nll --variance analytic.")

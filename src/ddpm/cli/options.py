@@ -71,9 +71,14 @@ def _kind(annotation: Any) -> dict[str, Any]:
 
 
 def _with_default(text: str, default: object) -> str:
-    """The help text with the default appended (a None default is said in words; bools and required ones need none)."""
+    """The help text with the default appended (a None default is said in words; bools and required ones need none).
+
+    A tuple is shown as it is typed: ``(default 10,20,50)``.
+    """
     if default is None or default is dataclasses.MISSING or isinstance(default, bool):
         return text
+    if isinstance(default, tuple):
+        default = ",".join(str(v) for v in default)
     return f"{text} (default {default})"
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from ..config import ConfigError, DataConfig, DiffusionConfig, MLPConfig, TrainConfig, UNetConfig, shown
+from ..config import MOVED_FIELDS, ConfigError, DataConfig, DiffusionConfig, MLPConfig, TrainConfig, UNetConfig, shown
 
 _SECTIONS = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,), "data": (DataConfig,),
              "train": (TrainConfig,)}
@@ -22,6 +22,15 @@ def field_names() -> set[str]:
                 if f.name != "kind":
                     names.update({f.name, f"{sec}.{f.name}"})
     return names
+
+
+def moved_hint(key: str) -> str:
+    """Where a field that ddpm 0.1 configs held lives now, for an unknown option: `` (… is now …: --option)``."""
+    for old, new in MOVED_FIELDS.items():
+        if key in (old, old.split(".")[1]):
+            option = {"model.in_channels": "--channels", "diffusion.var_type": "--var_type learned or learned_range"}
+            return f" ({old} is now {new}: {option.get(new, '--' + new.split('.')[1])})"
+    return ""
 
 
 def parse_value(text: str) -> Any:
@@ -65,7 +74,7 @@ def parse_overrides(extra: list[str]) -> dict[str, Any]:
             value = extra[i + 1]
             i += 1
         if key not in known:
-            raise ConfigError(f"unknown option {option}")
+            raise ConfigError(f"unknown option {option}{moved_hint(key)}")
         if key in out:  # "the last wins" would hide a typo or a stale line in a script
             raise ConfigError(f"option {option} is given twice (as {spelled[key]} and {option}): give it once")
         out[key] = parse_value(value)
