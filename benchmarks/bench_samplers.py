@@ -12,7 +12,9 @@ of the same size. One FD of a few hundred images varies by ±2–3 from one draw
 ``--seeds 0,1,2,3`` repeats every sampler with each seed's samples and reports the FDs' mean ± standard deviation.
 ``--sigma2 beta-tilde`` (or ``beta``) samples a fixed-variance model with the other of the paper's two choices of
 σ_t² (Sec. 3.2) in every sampler that takes the model's variance (ancestral and its respacings).
-Prints a markdown table; ``--json`` also saves the rows.
+Prints a markdown table; ``--json`` also saves the rows, ``--save-samples DIR`` every seed's samples as
+``DIR/SAMPLER-STEPS-SPACING-seedS.npz`` (uint8, as ``ddpm sample`` writes them) for
+``benchmarks/independent_digits.py``, which scores them without the project's metric.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddpm.checkpoint import CheckpointError
@@ -84,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="σ_t² of the samplers that take the model's: its own (default), β or β̃ (Sec. 3.2)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--png", help="also plot Fréchet distance against network evaluations to this PNG")
+    p.add_argument("--save-samples", type=Path, help="also save every seed's samples as .npz files in this folder")
     return p.parse_args(argv)
 
 
@@ -114,10 +118,18 @@ def specs(T: int, samplers: list[str], steps: list[int], eta: float, ancestral: 
                   for name in samplers for k in steps if 1 <= k <= T]
 
 
+def samples_file(folder: Path, spec: SamplerSpec, T: int, seed: int) -> Path:
+    """Where ``--save-samples`` puts one seed's samples of one sampler."""
+    name = f"ddim-eta{spec.eta:g}" if spec.sampler == "ddim" else spec.sampler
+    return folder / f"{name}-{spec.n_steps(T)}-{spec.spacing or 'default'}-seed{seed}.npz"
+
+
 def bench(model: LoadedModel, spec: SamplerSpec, n: int, seeds: list[int], batch_size: int, device: str,
-          analytic: GaussianDiffusion | None = None, base: GaussianDiffusion | None = None) -> BenchRow:
+          analytic: GaussianDiffusion | None = None, base: GaussianDiffusion | None = None,
+          save: Path | None = None) -> BenchRow:
     """Draw n samples with one sampler per seed, time it, and score the samples (``analytic``: the diffusion
-    with Γ; ``base``: the others', default the model's); class score and confidence are the first seed's."""
+    with Γ; ``base``: the others', default the model's; ``save``: a folder for the samples); class score and
+    confidence are the first seed's."""
     shape = model.sample_shape
     diffusion = analytic if SAMPLERS[spec.sampler].needs_gamma else base or model.diffusion
     walls, qs = [], []
@@ -126,6 +138,8 @@ def bench(model: LoadedModel, spec: SamplerSpec, n: int, seeds: list[int], batch
         images = generate(model, diffusion, shape, spec, seed, range(n), batch_size, device, progress=True)
         walls.append(time.perf_counter() - tick)
         qs.append(digits_quality(images, seed))
+        if save is not None:
+            np.savez(samples_file(save, spec, model.diffusion.T, seed), images=images)
     q, fds = qs[0], tuple(r.fd for r in qs)
     wall_s = statistics.mean(walls)
     return BenchRow(spec.sampler, spec.n_steps(model.diffusion.T), spec.eta, spec.spacing, n, tuple(seeds), wall_s,
@@ -179,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             samplers = [s for s in samplers if not SAMPLERS[s].needs_gamma]
     seeds = [int(k) for k in args.seeds.split(",") if k.strip()]
     base = with_sigma2(model.diffusion, args.sigma2)
-    rows = [bench(model, spec, args.n, seeds, args.batch_size, args.device, analytic, base)
+    if args.save_samples:
+        args.save_samples.mkdir(parents=True, exist_ok=True)
+    rows = [bench(model, spec, args.n, seeds, args.batch_size, args.device, analytic, base, args.save_samples)
             for spec in specs(model.diffusion.T, samplers, steps, args.eta, not args.no_ancestral, args.spacing)]
     print(f"{args.checkpoint} (step {model.step}, {model.weights} weights, T = {model.diffusion.T}, σ² "
           f"{base.var_type}), {args.n} samples each, seeds {seeds}, device {args.device}; {machine_line()}\n")
