@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -74,6 +74,27 @@ def check_image(src: ImageSource, name: str, image_size: int, check: Check = "he
     check_min_size(height, width, image_size, name)
 
 
+# EXIF orientation (tag 0x0112) -> the transpose that turns the stored pixels upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """A new image: ``img`` turned as its EXIF (or XMP) orientation says, or a copy if none can be read.
+
+    Not ``ImageOps.exif_transpose``: that also rewrites the whole EXIF block for the turned image, and raises on
+    values real cameras write (an SRATIONAL (-1, 0), Pillow issue #8965) that no check here runs into first; only
+    the orientation matters to the pixels.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: shown as a viewer that cannot parse it would show the image
+        orientation = 1
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img.copy() if method is None else img.transpose(method)  # a copy outlives the file's `with`
+
+
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
     """``img`` as mode "L" (channels=1) or "RGB" (channels=3); transparency is composited over white."""
     target = "L" if channels == 1 else "RGB"
@@ -90,7 +111,7 @@ def decode_image(src: ImageSource, name: str, image_size: int, channels: int) ->
         with _open(src) as img:
             _check_pixels(*img.size, name)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = upright(img)
     except DataError:
         raise
     except Exception as e:

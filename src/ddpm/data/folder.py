@@ -29,15 +29,44 @@ def _is_special(path: Path) -> bool:
         return False
 
 
+def _folder_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the folder ``path`` (through links), or None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def list_images(root: Path) -> list[Path]:
     """Image files under ``root`` (recursive, extension case-insensitive, hidden entries skipped), sorted.
 
-    Only regular files (or links to them) are images: a FIFO, socket or device with an image's name is left
-    out with a warning, like any other entry that is not an image file.
+    Links to folders are followed, as torchvision's ImageFolder does (a class folder is often a link to the
+    data elsewhere), except a link back into a folder the walk is already inside (a cycle). Files are named by
+    their path under ``root`` (through the link), and sorted by it in code-point order: no locale, no case
+    folding, the same on every machine. Only regular files (or links to them) are images: a FIFO, socket or
+    device with an image's name is left out with a warning, like any other entry that is not an image file.
     """
     found, special = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    # the folders (device, inode) from root down to each folder being walked: a link to one of them is a cycle
+    chains: dict[str, tuple[tuple[int, int] | None, ...]] = {str(root): (_folder_id(str(root)),)}
+    def unreadable(e: OSError) -> None:  # os.walk's default is to leave such a folder out without a word
+        log.warning("%s: cannot list %s (%s): its images are left out", root, e.filename, e.strerror or e)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        chain = chains.pop(dirpath, ())
+        kept = []
+        for d in dirnames:
+            if d.startswith("."):
+                continue
+            sub = os.path.join(dirpath, d)
+            ident = _folder_id(sub)
+            if ident is not None and ident in chain:
+                log.warning("%s: not following %s, a link back to a folder that holds it", root, sub)
+                continue
+            chains[sub] = (*chain, ident)
+            kept.append(d)
+        dirnames[:] = kept
         for f in filenames:
             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath, f)
@@ -76,6 +105,13 @@ class ImageFolderDataset(EncodedImageDataset):
     ``skip_bad=True`` is logged (``logging.WARNING``) and left out. A file that passes the header check
     but fails to decode later raises DataError naming it in ``__getitem__`` (use ``check="decode"``
     to find such files up front).
+
+    Pixels: the EXIF orientation is applied; grey, palette, 1-bit and CMYK images are converted to the model's
+    channels (grey repeated into RGB, RGB to grey by ITU-R 601-2 luma as PIL's ``convert("L")``); transparent
+    pixels are composited over white; 16-bit and float images are refused. The largest centered square
+    (rows and columns ``(n - s) // 2`` on, as the StyleGAN dataset tool that made the paper's LSUN data) is
+    resized to ``image_size`` with PIL's antialiased bicubic filter (that tool used Lanczos); images are never
+    resized up. Values are x/127.5 − 1 (``levels=256``; ``ddpm.data.levels``).
 
     Labels follow torchvision's ImageFolder convention: each first-level sub-folder is a class, the classes
     sorted by name are indices 0..K−1 (``class_names``), and an image's label is the sub-folder it lies in
