@@ -94,7 +94,7 @@ def run_compress(args: argparse.Namespace) -> int:
     print(f"{result.bits_per_dim:.4f} bits/dim = {coded:.4f} coded + {result.initial_bits_per_dim:.4f} start-up "
           f"(bits borrowed before any were coded) + {result.bits_per_dim - result.payload_bits_per_dim:.4f} header and "
           f"checksum; compare the coded part with `ddpm nll --checkpoint {args.checkpoint} --steps "
-          f"{result.header.steps}{' --variance analytic' if options.variance == 'analytic' else ''}`, "
+          f"{result.header.steps}{' --variance analytic' if options.variance == 'analytic' else ''} --out DIR`, "
           "the bound it approaches")
     return 0
 

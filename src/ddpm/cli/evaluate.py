@@ -156,8 +156,9 @@ SAMPLE_HELP = {
     "name": "file stem",
     "classes": Flag("a class-conditional model's class, by name or index, or 'all' (--n of each class, one PNG "
                     "row per class); without it the model's 'no class' input samples p(x)", names=("--class",)),
-    "guidance": "classifier-free guidance weight w: (1 + w)·eps(x, c) − w·eps(x, no class); 0 is the conditional "
-                "model",
+    "guidance": "classifier-free guidance weight w: (1 + w)·ε(x, c) − w·ε(x, no class) (Ho & Salimans' w; "
+                "diffusers' guidance_scale is 1 + w); 0 is the conditional model; w > 0 runs the network on twice "
+                "--batch-size inputs per call",
     **_CLIP,
 }
 
