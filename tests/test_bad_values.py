@@ -103,8 +103,8 @@ TRAIN_BAD = [
     (["--hybrid_lambda", "inf"], "diffusion.hybrid_lambda must be a finite number"),
     (["--levels", "1"], "diffusion.levels must be >= 2"),
     # DataConfig
-    (["--held_out_fraction", "0"], "data.held_out_fraction must be in (0, 1)"),
-    (["--held_out_fraction", "1"], "data.held_out_fraction must be in (0, 1)"),
+    (["--held_out_fraction", "-0.1"], "data.held_out_fraction must be in [0, 1)"),
+    (["--held_out_fraction", "1"], "data.held_out_fraction must be in [0, 1)"),
     (["--split_seed", "-1"], f"data.split_seed must be in 0..{MAX_SEED}"),
     (["--channels", "0"], "model.in_channels must be >= 1"),  # --channels sets model and data
     # UNetConfig

@@ -191,3 +191,18 @@ def test_a_fifo_named_like_an_image_is_skipped_not_opened(tmp_path: Path,
     (both,) = result
     assert sum(len(d) for d in both) == 4  # both splits (the FIFO fell in one): 3 images and the link
     assert "not regular files" in caplog.text and "stuck.png" in caplog.text
+
+
+def test_held_out_fraction_zero_trains_on_every_image_and_has_no_test_split(tmp_path: Path) -> None:
+    from ddpm.config import preset
+
+    files = make_tree(tmp_path, 10)
+    ds = ImageFolderDataset(tmp_path, 8, 3, 256, "train", held_out_fraction=0.0)
+    assert len(ds) == len(files)
+    with pytest.raises(DataError, match="there is no test split: data.held_out_fraction is 0, so all 10 items train"):
+        ImageFolderDataset(tmp_path, 8, 3, 256, "test", held_out_fraction=0.0)
+    # the paper trains its 256×256 models on every image: so do their presets
+    data = replace(preset("celebahq256").data, path=str(tmp_path))
+    assert len(build_dataset(data, (3, 8, 8), "train", 256)) == len(files)
+    with pytest.raises(DataError, match="held_out_fraction"):  # the digits metric needs its test split
+        build_dataset(DataConfig(dataset="digits", held_out_fraction=0.0), (1, 8, 8), "train", 17)

@@ -187,7 +187,7 @@ class DataConfig:
     dataset: DatasetName = "digits"     # which loader
     path: str | None = None             # archive, folder, LMDB or .npz path (None: built-in data)
     random_flip: bool = False           # random horizontal flips during training
-    held_out_fraction: float = 0.1      # test split for data without one, fixed by `split_seed`
+    held_out_fraction: float = 0.1      # test split for data without one, fixed by `split_seed` (0: none, all train)
     split_seed: int = 0                 # seed of the fixed held-out split
     download: bool = False              # allow downloading (only CIFAR-10 supports it)
 
@@ -289,8 +289,8 @@ def _check_values(cfg: RunConfig) -> None:
     check_float("diffusion.hybrid_lambda", d.hybrid_lambda, 0.0)  # λ = 0 is L_simple alone
     check_int("diffusion.levels", d.levels, 2)
     a = cfg.data
-    # the same rule as ddpm.data.base.held_out_indices, checked here before any data is read
-    check_float("data.held_out_fraction", a.held_out_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+    # the same rule as ddpm.data.base.held_out_indices, checked here before any data is read; 0 holds nothing out
+    check_float("data.held_out_fraction", a.held_out_fraction, 0.0, 1.0, hi_open=True)
     check_seed("data.split_seed", a.split_seed)
     t = cfg.train
     check_float("train.lr", t.lr, 0.0, lo_open=True)
@@ -571,11 +571,12 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
 # --- presets: the paper's runs (Appendix B) and CPU-scale runs ----------------------------------
 
 def _unet256(name: str, steps: int, flip: bool, var_type: VarType) -> RunConfig:
+    # the paper trains on every image of CelebA-HQ and the LSUN training sets (and measures FID against them)
     return RunConfig(
         name=name,
         model=UNetConfig(image_size=256, channel_mults=(1, 1, 2, 2, 4, 4), dropout=0.0),
         diffusion=DiffusionConfig(var_type=var_type),
-        data=DataConfig(dataset="folder", random_flip=flip),
+        data=DataConfig(dataset="folder", random_flip=flip, held_out_fraction=0.0),
         train=TrainConfig(lr=2e-5, batch_size=64, total_steps=steps),
     )
 

@@ -35,11 +35,15 @@ def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: i
                      source: str) -> np.ndarray:
     """Sorted indices of one split of ``n`` items; the test split is the first round(f*n) of a permutation.
 
-    This is the rule of ``digits_arrays``; the split never changes for the same (n, fraction, seed).
+    This is the rule of ``digits_arrays``; the split never changes for the same (n, fraction, seed). A fraction
+    of 0 holds nothing out: every item trains (as the paper's LSUN and CelebA-HQ runs) and there is no test split.
     """
     check_split(split)
-    if not 0.0 < held_out_fraction < 1.0:
-        raise DataError(f"{source}: data.held_out_fraction must be in (0, 1), got {held_out_fraction}")
+    if not 0.0 <= held_out_fraction < 1.0:
+        raise DataError(f"{source}: data.held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    if held_out_fraction == 0.0 and split == "test":
+        raise DataError(f"{source}: there is no test split: data.held_out_fraction is 0, so all {n} items train "
+                        "(evaluate on --split train, or set --held_out_fraction)")
     order = numpy_rng(split_seed, "split").permutation(n)
     n_test = int(round(held_out_fraction * n))
     idx = np.sort(order[:n_test] if split == "test" else order[n_test:])

@@ -1,4 +1,4 @@
-"""Compression, second look: the code length against an independent count, and the commands' files and messages."""
+"""Compression: the code length against an independent count, and the commands' files and messages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data pipeline review: honest users' files (linked class folders, EXIF, modes, file order) against PIL/numpy."""
+"""Image folders as honest users have them (linked class folders, EXIF, every mode, file order), against PIL."""
 
 from __future__ import annotations
 
