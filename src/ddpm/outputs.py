@@ -145,10 +145,11 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 def holds_run(path: Path) -> bool:
     """Whether ``path`` is a training run (or a converted checkpoint): checkpoints, or a checkpoint's meta.json."""
-    return (path / "checkpoints").is_dir() or (path / "meta.json").is_file() or _marker_command(path) == "train"
+    return (path / "checkpoints").is_dir() or (path / "meta.json").is_file() or marker_command(path) == "train"
 
 
-def _marker_command(path: Path) -> str | None:
+def marker_command(path: Path) -> str | None:
+    """The ddpm command named by ``path``'s output marker, if it has a readable one."""
     try:
         data = json.loads((path / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -182,7 +183,7 @@ def check_output_dir(path: str | Path, command: str, overwrite: bool = False, op
     entries = [p for p in path.iterdir() if p.name not in (MARKER, LOCK)]
     if not entries:
         return path
-    owner = _marker_command(path)
+    owner = marker_command(path)
     if owner == command or (command == "train" and holds_run(path)):  # the trainer decides on --resume
         return path
     if holds_run(path):
@@ -231,7 +232,7 @@ class OutputDir:
             p = p.parent
         self.path.mkdir(parents=True, exist_ok=True)
         self.created = missing  # deepest first
-        if _marker_command(self.path) is None:
+        if marker_command(self.path) is None:
             write_text(self.path / MARKER, json.dumps({"command": self.command}) + "\n")
             self.marked = True
         return self.path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, get_args
 
 from ..compression import CodecOptions
 from ..loading import Weights
-from ..outputs import MARKER, OutputDir, OutputError, check_output_dir, check_output_file, write_bytes
+from ..outputs import OutputDir, OutputError, check_output_dir, check_output_file, marker_command, write_bytes
 from .options import Flag, add_options, build
 from .types import non_negative_int
 
@@ -156,16 +155,8 @@ def _stale_outputs(out: Path, count: int, preview_ts: Iterable[int], overwrite: 
     if not overwrite:
         raise OutputError(f"--out {out} holds files of an earlier decode ({named}) that this file's {count} images "
                           "would not replace; choose another --out or pass --overwrite to remove them")
-    if _written_by(out) != "decompress":
+    if marker_command(out) != "decompress":
         raise OutputError(f"--out {out} holds files ({named}) that this decode would not replace and that "
                           "ddpm decompress did not write; remove them or choose another --out")
     return stale
 
-
-def _written_by(out: Path) -> str | None:
-    """The ddpm command named by ``out``'s output marker (see ddpm.outputs), if any."""
-    try:
-        data = json.loads((out / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("command") if isinstance(data, dict) else None
