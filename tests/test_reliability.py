@@ -50,6 +50,7 @@ def test_corrupt_image_is_named_before_any_state_changes(tmp_path, capsys):
     (["--preset", "digits", "--image_size", "10"], "image_size=10 must be divisible by 4"),
     (["--preset", "digits", "--lr", "-1"], "train.lr must be > 0"),
     (["--preset", "digits", "--var_type", "learned"], "loss_type='simple' gives no gradient to a learned Σ"),
+    (["--preset", "digits", "--loss_type", "hybrid"], "loss_type='hybrid' trains a learned Σ through the bound"),
     (["--preset", "digits", "--no_such_option", "1"], "unknown option --no_such_option"),
 ])
 def test_bad_arguments_name_the_option(tmp_path, capsys, args, needle):

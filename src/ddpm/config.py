@@ -321,6 +321,12 @@ def validate(cfg: RunConfig) -> None:
             f"diffusion.loss_type={d.loss_type!r} gives no gradient to a learned Σ "
             f"(var_type={d.var_type!r}); use 'vlb' or 'hybrid'"
         )
+    if d.loss_type == "hybrid" and not d.learn_sigma:  # Nichol & Dhariwal add λ·L_vlb only to train Σ
+        raise ConfigError(
+            f"diffusion.loss_type='hybrid' trains a learned Σ through the bound (the mean is stopped there), but "
+            f"var_type={d.var_type!r} is fixed: it would train L_simple and report the bound in its loss; use "
+            "'simple', or var_type='learned_range'"
+        )
     if d.loss_type == "mu_mse" and d.mean_type != "mu":
         raise ConfigError("diffusion.loss_type='mu_mse' is the μ̃-prediction baseline: set mean_type='mu'")
     if cfg.data.dataset == "toy2d" and m.sample_shape != (2,):

@@ -265,18 +265,29 @@ class GaussianDiffusion:
         ``decoder="continuous"`` replaces Eq. 13 by the Gaussian density (for continuous data; the
         result is then a bound on the differential entropy, not on a codelength).
         """
-        q = self.q_posterior(x0, x_t, t)
-        kl = mean_flat(normal_kl(q.mean, q.log_var, p.mean, p.log_var))
-        if decoder == "discretized":  # Eq. 13, with the reverse step's variance as its scale
-            log_p = discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_var, self.levels)
-        elif decoder == "continuous":
-            log_p = gaussian_log_density(x0, p.mean, 0.5 * p.log_var)
-        else:
+        if decoder not in ("discretized", "continuous"):
             raise ValueError(f"unknown decoder {decoder!r}; expected 'discretized' or 'continuous'")
+        q = self.q_posterior(x0, x_t, t)
+        # each term sees harmless inputs on the examples whose value it does not give: torch.where's backward
+        # multiplies an unused branch's gradient by 0, and 0·∞ = NaN (e.g. the decoder of a tiny learned σ at t > 1)
+        first = (t == 1).reshape(-1, *([1] * (x0.ndim - 1)))
+        kl_mean, kl_log_var = torch.where(first, q.mean, p.mean), torch.where(first, q.log_var, p.log_var)
+        dec_mean, dec_log_var = torch.where(first, p.mean, x0), torch.where(first, p.log_var, 0.0)
+        kl = mean_flat(normal_kl(q.mean, q.log_var, kl_mean, kl_log_var))
+        if decoder == "discretized":  # Eq. 13, with the reverse step's variance as its scale
+            log_p = discretized_gaussian_log_likelihood(x0, dec_mean, 0.5 * dec_log_var, self.levels)
+        else:
+            log_p = gaussian_log_density(x0, dec_mean, 0.5 * dec_log_var)
         return nats_to_bits_per_dim(torch.where(t == 1, -mean_flat(log_p), kl), 1)
 
     def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor) -> LossTerms:
         """The configured loss at times t (Algorithm 1's objective for L_simple)."""
+        if t.shape != (x0.shape[0],):
+            raise ValueError(f"t must hold one paper time per example, shape {(x0.shape[0],)}, got {tuple(t.shape)}")
+        # a 0-indexed t (the official code's) would read table entry −1, i.e. step T, without any error
+        if t.numel() and not bool(((t >= 1) & (t <= self.T)).all()):
+            raise ValueError(f"t must hold paper times in 1..{self.T}, got values from {int(t.min())} "
+                             f"to {int(t.max())}")
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.model_input_time(t)).to(x0.dtype)
         C = x0.shape[1]
