@@ -46,6 +46,11 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of its group (or alone), from torchrun's ``RANK``."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_rank() -> int:
     """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 for one process): its GPU."""
     return int(os.environ.get("LOCAL_RANK", "0"))
@@ -122,9 +127,17 @@ def device_for(requested: str, local_rank: int = 0) -> torch.device:
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {requested} was asked for but torch sees no CUDA device")
+        count = torch.cuda.device_count()
         if requested == "cuda":
+            if local_rank >= count:  # one GPU per process: a later "invalid device ordinal" would read as a bug
+                raise ConfigError(f"--device cuda: process {local_rank} of this node (LOCAL_RANK) has no GPU of its "
+                                  f"own; torch sees {count} CUDA device(s): run at most {count} per node "
+                                  "(torchrun --nproc_per_node)")
             return torch.device("cuda", local_rank)
-        index, count = int(requested.split(":")[1]), torch.cuda.device_count()
+        index = int(requested.split(":")[1])
+        if under_torchrun():  # NCCL refuses two ranks on one GPU ("duplicate GPU"), after every rank has started
+            raise ConfigError(f"--device {requested} would put every process on one GPU: under torchrun use "
+                              "--device cuda (process k of a node takes cuda:k)")
         if index >= count:
             raise ConfigError(f"--device {requested}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
         return torch.device("cuda", index)

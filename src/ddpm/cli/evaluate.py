@@ -339,8 +339,11 @@ def register_analytic_variance(sub: argparse._SubParsersAction) -> None:
 
 def run_analytic_variance_cmd(args: argparse.Namespace) -> int:
     from ..evaluation.analytic_variance import run_analytic_variance
+    from ..processes import is_main_process
 
     path, gamma = run_analytic_variance(build(AnalyticVarianceOptions, args))
+    if not is_main_process():
+        return 0  # every rank has the same estimate (from rank 0): one line says so
     print(f"Gamma_t for t = 1..{gamma.numel()} (from {gamma.min().item():.4f} to {gamma.max().item():.4f}) -> {path}")
     return 0
 

@@ -30,10 +30,11 @@ from ..compression.codec import model_hash
 from ..config import check_int, check_seed
 from ..loading import LoadedModel, Weights, load_model
 from ..outputs import atomic_file, write_text
-from ..processes import DEFAULT_DEVICE, check_device, device_for
+from ..processes import DEFAULT_DEVICE, check_device, device_for, local_rank
 from ..rng import GlobalNoise, generator
 from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
 from .common import DataChoice, batched, check_model_classes, load_split, stack_items
+from .parallel import evaluation_processes, on_main
 
 Tensor = torch.Tensor
 FORMAT = "ddpm-analytic-gamma"
@@ -183,9 +184,20 @@ class AnalyticVarianceOptions:
 
 
 def run_analytic_variance(options: AnalyticVarianceOptions) -> tuple[Path, Tensor]:
-    """``ddpm analytic-variance``: Γ on the training split, stored beside the checkpoint; (the JSON, Γ)."""
+    """``ddpm analytic-variance``: Γ on the training split, stored beside the checkpoint; (the JSON, Γ).
+
+    Γ is one Monte-Carlo stream over the images, so it is not shared out: under torchrun rank 0 computes and
+    writes it, and the other ranks receive the same (JSON, Γ) (or rank 0's error) from it.
+    """
     o = options
-    model = load_model(o.checkpoint, o.weights, device_for(o.device))
+    device = device_for(o.device, local_rank())
+    with evaluation_processes(device) as group:
+        return on_main(lambda: _estimate(o, device), group)
+
+
+def _estimate(o: AnalyticVarianceOptions, device: torch.device) -> tuple[Path, Tensor]:
+    """Γ for ``o`` in this process: loaded, or computed and stored; (the JSON, Γ)."""
+    model = load_model(o.checkpoint, o.weights, device)
     train = load_split(model.config, o.data)
     gamma = analytic_gamma(o.checkpoint, model, train, o.n_images, o.seed, o.batch_size, o.recompute)
-    return estimate_paths(o.checkpoint, model.weights)[1], gamma
+    return estimate_paths(o.checkpoint, model.weights)[1], gamma.cpu()

@@ -22,7 +22,7 @@ from ..loading import LoadedModel, Weights, load_model
 from ..outputs import OutputDir, atomic_file, check_output_dir, write_text
 from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, local_rank
 from ..sampling.guidance import known_classes
-from .parallel import evaluation_processes
+from .parallel import evaluation_processes, on_main
 
 Split = Literal["train", "test"]
 
@@ -86,13 +86,13 @@ class Session:
 def session(common: CommonOptions, command: str) -> Iterator[Session]:
     """Join the processes, load the model on the device and claim the output folder (rank 0); tear down after.
 
-    The folder is checked before the model is loaded; one this command created is removed again if the command
-    fails before writing anything into it (``ddpm.outputs.OutputDir``).
+    The folder is checked before the model is loaded, on rank 0, whose verdict every rank shares (``on_main``: a
+    refused --out stops all of them at once, none is left waiting for rank 0); one this command created is
+    removed again if the command fails before writing anything into it (``ddpm.outputs.OutputDir``).
     """
     device = device_for(common.device, local_rank())
     with evaluation_processes(device) as group:
-        if group.is_main:
-            check_output_dir(common.out, command, common.overwrite)
+        on_main(lambda: str(check_output_dir(common.out, command, common.overwrite)), group)
         model = load_model(common.checkpoint, common.weights, device)
         model.bf16 = common.bf16
         with OutputDir(common.out, command, overwrite=common.overwrite, active=group.is_main) as out:

@@ -184,9 +184,12 @@ def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     raise ValueError(f"images must be uint8 (0..255) or float in [-1, 1], got dtype {x.dtype}")
 
 
-def load_npz_images(path: PathLike) -> np.ndarray:
-    """uint8 images (N, C, H, W) from an .npz (key 'images', 'arr_0' or its only array; NHWC or NCHW)."""
-    where = f"image file {os.fspath(path)}"
+def load_npz_images(path: PathLike, option: str | None = None) -> np.ndarray:
+    """uint8 images (N, C, H, W) from an .npz (key 'images', 'arr_0' or its only array; NHWC or NCHW).
+
+    ``option`` (e.g. ``"--samples"``) is how errors name the file: the command-line option that gave it.
+    """
+    where = f"{option or 'image file'} {os.fspath(path)}"
     with _open_npz(path, where, "uint8 images under 'images' or 'arr_0'") as data:
         keys = list(data.files)
         key = next((k for k in ("images", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)

@@ -91,7 +91,7 @@ def run_fid(options: FidOptions) -> FidReport | None:
         if options.save_stats:
             check_output_file(options.save_stats, options.overwrite, "--save-stats")
         check_output_dir(options.out, "fid", options.overwrite)
-        images = load_npz_images(options.samples)[:options.limit]
+        images = load_npz_images(options.samples, "--samples")[:options.limit]
         with OutputDir(options.out, "fid", overwrite=options.overwrite) as out:
             report = _digits_report(out, images, options) if digits else _fid_report(out, images, options, cfg, device)
             save_image_grid(out / "samples_preview.png", images[:100].transpose(0, 2, 3, 1))
