@@ -111,8 +111,12 @@ def test_held_out_split_is_a_fixed_partition(n: int, frac: float, seed: int) -> 
 
 
 def test_held_out_split_checks_its_arguments() -> None:
-    with pytest.raises(DataError, match="held_out_fraction"):
-        held_out_indices(10, "train", 0.0, 0, "src")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(DataError, match=r"held_out_fraction must be in \[0, 1\)"):
+            held_out_indices(10, "train", bad, 0, "src")
+    assert held_out_indices(10, "train", 0.0, 0, "src").tolist() == list(range(10))  # 0: every item trains
+    with pytest.raises(DataError, match="there is no test split"):
+        held_out_indices(10, "test", 0.0, 0, "src")
     with pytest.raises(DataError, match="split"):
         held_out_indices(10, "val", 0.5, 0, "src")
 
