@@ -299,7 +299,8 @@ def locate_cifar10(path: str | os.PathLike[str] | None, download: bool = False) 
     if not download:
         raise DataError(
             f"{p}: no CIFAR-10 data found (expected {ARCHIVE_NAME}, a {FOLDER_NAME} folder, or a folder "
-            f"holding one); set data.download=True to download it from {CIFAR10_URL}"
+            f"holding one); set data.download=True to download it from {CIFAR10_URL}, or, for a folder of your "
+            "own images, pass --dataset folder"
         )
     return download_cifar10(p if p.name.endswith((".tar.gz", ".tgz")) else p / ARCHIVE_NAME)
 

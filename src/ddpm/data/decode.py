@@ -52,8 +52,8 @@ def _check_mode(mode: str, name: str) -> None:
         )
 
 
-def check_image(src: ImageSource, name: str, image_size: int, check: Check = "header") -> None:
-    """Raise DataError naming ``name`` if the image is undecodable, of an unsupported mode, or too small.
+def check_image(src: ImageSource, name: str, image_size: int, check: Check = "header") -> str:
+    """The image's PIL mode; DataError naming ``name`` if it is undecodable, of an unsupported mode, or too small.
 
     ``check="header"`` parses the header and runs PIL's ``verify()`` (cheap; a truncated JPEG passes it
     and fails later when decoded); ``check="decode"`` decodes every pixel.
@@ -72,6 +72,7 @@ def check_image(src: ImageSource, name: str, image_size: int, check: Check = "he
         raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
     _check_mode(mode, name)
     check_min_size(height, width, image_size, name)
+    return mode
 
 
 # EXIF orientation (tag 0x0112) -> the transpose that turns the stored pixels upright (as ImageOps.exif_transpose)
@@ -122,21 +123,31 @@ def decode_image(src: ImageSource, name: str, image_size: int, channels: int) ->
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+# PIL modes without colour (16-bit and float grey are refused by _check_mode)
+GREY_MODES = frozenset({"1", "L", "LA", "La"})
+
+
 def validate_images(names: Sequence[str], source_of: Callable[[int], ImageSource], image_size: int,
-                    check: Check, skip_bad: bool) -> list[int]:
-    """Indices of the images passing ``check_image``: a bad one raises (or, with skip_bad, is logged)."""
+                    check: Check, skip_bad: bool, channels: int = 3, source: str = "the data") -> list[int]:
+    """Indices of the images passing ``check_image``: a bad one raises (or, with skip_bad, is logged).
+
+    A 3-channel model on images that are all grey is warned about: each would be copied into R, G and B.
+    """
     if check not in ("header", "decode"):
         raise DataError(f"check must be 'header' or 'decode', got {check!r}")
-    good = []
+    good, grey = [], 0
     for i, name in enumerate(names):
         try:
-            check_image(source_of(i), name, image_size, check)
+            grey += check_image(source_of(i), name, image_size, check) in GREY_MODES
         except DataError as e:
             if not skip_bad:
                 raise
             log.warning("skipping a bad image: %s", e)
             continue
         good.append(i)
+    if channels == 3 and good and grey == len(good):
+        log.warning("%s: all %d images are grey, but the model has 3 channels: each is copied into R, G and B "
+                    "(pass --channels 1 for a grey model)", source, len(good))
     return good
 
 

@@ -134,7 +134,7 @@ class ImageFolderDataset(EncodedImageDataset):
             )
         idx = held_out_indices(len(files), split, held_out_fraction, split_seed, str(self.root))
         paths = [str(files[i]) for i in idx]
-        good = validate_images(paths, paths.__getitem__, image_size, check, skip_bad)
+        good = validate_images(paths, paths.__getitem__, image_size, check, skip_bad, channels, str(self.root))
         if len(good) < len(paths):
             log.warning("%s: skipped %d of %d images of the %s split", self.root, len(paths) - len(good),
                         len(paths), split)

@@ -145,13 +145,9 @@ class Trainer:
         if tc.batch_size % self.group.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the number of processes "
                               f"({self.group.world_size})")
-        # data first: a missing or corrupt dataset is an error before anything is written
-        self.dataset = dataset if dataset is not None else dataset_for(cfg, "train")
-        if cfg.model.num_classes is not None and not isinstance(self.dataset, LabelledDataset):
-            # (x₀, label) items; the class names go into every checkpoint
-            self.dataset = LabelledDataset(self.dataset, cfg.model.num_classes)
-        if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
-            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
+        # everything is checked before anything is written: the run directory and the config it was trained
+        # with first (a resume with another config would otherwise fail on data read by the wrong config), then
+        # the data (a missing or corrupt dataset)
         check_output_dir(self.run_dir, "train", overwrite)  # a folder of someone else's files is no run directory
         check_not_locked(self.run_dir)  # another ddpm train is writing it: say so, not what it has written so far
         self.damaged: list[Path] = []  # newer checkpoints that failed validation ("latest-valid" sets them aside)
@@ -159,6 +155,13 @@ class Trainer:
         self.seen_latest = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
         if self.resume_from is not None:
             check_resume_config(cfg, self.resume_from.config)
+        self.dataset = dataset if dataset is not None else dataset_for(cfg, "train")
+        if cfg.model.num_classes is not None and not isinstance(self.dataset, LabelledDataset):
+            # (x₀, label) items; the class names go into every checkpoint
+            self.dataset = LabelledDataset(self.dataset, cfg.model.num_classes)
+        if len(self.dataset) < tc.batch_size:  # type: ignore[arg-type]
+            raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the dataset ({len(self.dataset)})")
+        if self.resume_from is not None:
             if isinstance(self.dataset, LabelledDataset):  # class k must go on meaning class k (a renamed folder)
                 check_same_classes(self.dataset.images, self.dataset.class_names,
                                    self.resume_from.extra.get(CLASS_NAMES_KEY),
