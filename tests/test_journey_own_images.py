@@ -179,9 +179,6 @@ def test_adding_an_image_to_the_folder_keeps_trained_images_out_of_the_test_spli
     assert not tested & trained, sorted(tested & trained)
 
 
-@pytest.mark.xfail(strict=True, reason="run_fid (src/ddpm/evaluation/quality.py:121, load_split) builds and checks "
-                   "the reference dataset before _default_inception (src/ddpm/evaluation/fid.py:299) looks for the "
-                   "--inception-weights file or torch-fidelity")
 def test_fid_names_the_missing_inception_weights_before_reading_the_reference_data(journey: dict[str, Path],
                                                                                    tmp_path: Path, capsys):
     samples = tmp_path / "samples.npz"

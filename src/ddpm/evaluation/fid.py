@@ -294,15 +294,16 @@ def _grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _default_inception(inception_weights: PathLike | None, device: torch.device) -> _Extractor:
-    """torchmetrics' Inception-v3 of torch-fidelity (FID pool features + IS logits from one pass), or a clear error."""
+def check_inception(inception_weights: PathLike | None) -> None:
+    """Raise the error ``_default_inception`` would (a missing weights file or package), without building it:
+    cheap, so a command can say so before it reads a reference dataset."""
     if inception_weights is not None and not os.path.isfile(inception_weights):
         raise FileNotFoundError(
-            f"inception_weights file {os.fspath(inception_weights)} does not exist "
+            f"the Inception weights file {os.fspath(inception_weights)} (--inception-weights) does not exist "
             f"(expected torch-fidelity's {INCEPTION_WEIGHTS_FILE})"
         )
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: F401
     except ImportError as exc:
         raise FidDependencyError(
             "the default Inception feature extractor needs torchmetrics: `pip install torchmetrics` (it keeps your "
@@ -314,10 +315,16 @@ def _default_inception(inception_weights: PathLike | None, device: torch.device)
         raise FidDependencyError(
             "the default Inception feature extractor needs torch-fidelity: `pip install torch-fidelity` "
             "(or the `fid` extra; it needs a torchvision matching your torch). It downloads "
-            f"{INCEPTION_WEIGHTS_FILE} (~96 MB) on first use unless you pass "
-            f"inception_weights='/path/to/{INCEPTION_WEIGHTS_FILE}'. Alternatively pass "
+            f"{INCEPTION_WEIGHTS_FILE} (~96 MB) on first use unless you pass that file (--inception-weights FILE; "
+            f"inception_weights='/path/to/{INCEPTION_WEIGHTS_FILE}' in Python). Alternatively pass "
             "feature_extractor=<nn.Module> (and logits_extractor for IS)."
         ) from exc
+
+
+def _default_inception(inception_weights: PathLike | None, device: torch.device) -> _Extractor:
+    """torchmetrics' Inception-v3 of torch-fidelity (FID pool features + IS logits from one pass), or a clear error."""
+    check_inception(inception_weights)
+    from torchmetrics.image.fid import NoTrainInceptionV3
     # the resize to 299×299 of TF-FID (and pytorch-fid, torch-fidelity): TensorFlow 1.x's bilinear rule; torchmetrics
     # >= 1.3 defaults to torch's antialiased one, whose sampling grid is shifted by about half a pixel (older
     # versions have no choice and use TensorFlow's)

@@ -19,7 +19,7 @@ from ..outputs import OutputDir, check_output_dir, check_output_file
 from ..processes import DEFAULT_DEVICE, check_device, device_for, local_rank
 from .common import DataChoice, load_split, write_info_files, write_json
 from .digits_metric import DigitsQuality, evaluate_digits
-from .fid import FidResult, compute_fid_is, compute_statistics, load_npz_images, save_statistics
+from .fid import FidResult, check_inception, compute_fid_is, compute_statistics, load_npz_images, save_statistics
 from .figures import plot_class_histograms
 from .parallel import evaluation_processes
 
@@ -116,6 +116,8 @@ def _fid_report(out: Path, images: np.ndarray, options: FidOptions, cfg: RunConf
                 device: torch.device) -> FidReport:
     """FID/IS of uint8 NCHW samples against the statistics file or the configured dataset."""
     reference: Any
+    if options.feature_extractor is None:  # a missing Inception is said before the reference data is read
+        check_inception(options.inception_weights)
     if options.reference_stats is not None:
         reference = options.reference_stats
     elif cfg is not None:
