@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoint import inspect_checkpoint
+from ..config import RunConfig
 from ..interop.convert import save_import, to_diffusers
 from ..interop.diffusers import load_diffusers
-from ..loading import load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = to_diffusers(args.to_diffusers, args.out, args.weights or "ema", args.overwrite)
         print(f"exported {args.to_diffusers} → {path} (DDPMPipeline.from_pretrained('{path}') loads it)")
-        if load_model(args.to_diffusers, args.weights or "ema").config.model.num_classes is not None:
+        # the checkpoint's config from its meta.json alone: to_diffusers has loaded the weights once already
+        if RunConfig.from_dict(inspect_checkpoint(args.to_diffusers).config).model.num_classes is not None:
             print("note: a class-conditional model: DDPMPipeline passes no class_labels, so sample it with "
                   "pipe.unet(x, t, class_labels=y) and pipe.scheduler.step in your own loop (class K = 'no class')")
     return 0
