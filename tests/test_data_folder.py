@@ -52,7 +52,7 @@ def cfg(root: Path, channels: int = 3, image_size: int = 8, **kw: object) -> tup
 def test_split_is_a_fixed_disjoint_partition_of_sorted_files(tmp_path: Path) -> None:
     files = make_tree(tmp_path)
     train, test = build_dataset(*cfg(tmp_path), "train", 256), build_dataset(*cfg(tmp_path), "test", 256)
-    assert (len(train), len(test)) == (7, 3)
+    assert len(train) + len(test) == 10 and len(test) >= 1  # each file held out by its name (test_split_by_name)
     names = train.names + test.names  # type: ignore[attr-defined]
     assert sorted(names) == sorted(map(str, files))
     rel = [Path(p).relative_to(tmp_path).as_posix() for p in train.names]  # type: ignore[attr-defined]

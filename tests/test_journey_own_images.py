@@ -2,7 +2,6 @@
 
 A folder of small non-square images in two class sub-folders (one a link to a folder elsewhere; grey, RGBA and an
 EXIF-rotated JPEG among them), trained at 8×8 for a couple of steps, resumed, sampled and exported to diffusers.
-The ``xfail(strict=True)`` tests record what misleads such a user today; each names the code that would change.
 """
 
 from __future__ import annotations
@@ -165,9 +164,6 @@ def test_the_cifar10_preset_on_a_folder_of_images_points_at_dataset_folder(journ
     assert rc == 2 and "--dataset folder" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="held_out_indices (src/ddpm/data/base.py:47) permutes range(n): one image "
-                   "added to a folder reshuffles the whole split, so `ddpm nll --split test` then scores images "
-                   "the model trained on")
 def test_adding_an_image_to_the_folder_keeps_trained_images_out_of_the_test_split(tmp_path: Path):
     root = tmp_path / "data"
     root.mkdir()

@@ -20,6 +20,8 @@ LEARNED_VAR_TYPES = ("learned", "learned_range")  # the network outputs Σ_θ to
 LossType = Literal["simple", "vlb", "hybrid", "mu_mse"]  # Eq. 14, Eq. 5, Nichol & Dhariwal, Table 2
 TSamplerName = Literal["uniform", "loss-second-moment"]  # how training draws t (ddpm.train.t_sampling)
 DatasetName = Literal["digits", "cifar10", "folder", "lmdb", "npz", "toy2d"]
+SplitBy = Literal["name", "position"]  # how a held-out split is drawn (ddpm.data.base)
+NAMED_DATASETS = ("folder", "lmdb")  # datasets whose items have names: a file's path, an LMDB key
 
 # The DiffusionConfig fields each β schedule reads (ddpm.schedules.make_betas); an option a schedule does not
 # read is refused when given, rather than silently ignored.
@@ -189,7 +191,16 @@ class DataConfig:
     random_flip: bool = False           # random horizontal flips during training
     held_out_fraction: float = 0.1      # test split for data without one, fixed by `split_seed` (0: none, all train)
     split_seed: int = 0                 # seed of the fixed held-out split
+    split_by: SplitBy | None = None     # held out by each item's "name" or by "position" (None: `split_rule`)
     download: bool = False              # allow downloading (only CIFAR-10 supports it)
+
+    @property
+    def split_rule(self) -> SplitBy:
+        """How the held-out split is drawn: ``split_by`` when set, else by name where items have names (a
+        folder's files, an LMDB's keys: adding items moves no other) and by position in arrays (digits, .npz)."""
+        if self.split_by is not None:
+            return self.split_by
+        return "name" if self.dataset in NAMED_DATASETS else "position"
 
 
 @dataclass(frozen=True)
@@ -292,6 +303,9 @@ def _check_values(cfg: RunConfig) -> None:
     # the same rule as ddpm.data.base.held_out_indices, checked here before any data is read; 0 holds nothing out
     check_float("data.held_out_fraction", a.held_out_fraction, 0.0, 1.0, hi_open=True)
     check_seed("data.split_seed", a.split_seed)
+    if a.split_by == "name" and a.dataset not in NAMED_DATASETS:
+        raise ConfigError(f"data.split_by='name' needs items with names ({', '.join(NAMED_DATASETS)}); "
+                          f"dataset {a.dataset!r} is split by position")
     t = cfg.train
     check_float("train.lr", t.lr, 0.0, lo_open=True)
     check_int("train.batch_size", t.batch_size, 1)
@@ -437,6 +451,7 @@ def migrate(d: Any) -> Any:
     constant: a stored train section without ``ema_warmup_power`` trained with none. A config from before
     class-conditional models (no ``model.num_classes``, no ``train.label_dropout``) is unconditional: its
     ``num_classes`` stays None, and ``label_dropout``, which an unconditional run never reads, takes the default.
+    A folder or LMDB run from before ``data.split_by`` (ddpm 0.3) held out by position: it keeps that split.
     """
     if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "data", "diffusion")):
         return d  # from_dict names what is wrong with it
@@ -465,6 +480,9 @@ def migrate(d: Any) -> Any:
     migrated = {**d, **{k: v for k, v in sections.items() if k in d}}
     if isinstance(d.get("train"), dict) and "ema_warmup_power" not in d["train"]:
         migrated["train"] = {**d["train"], "ema_warmup_power": None}
+    if isinstance(d.get("data"), dict) and "split_by" not in d["data"] \
+            and d["data"].get("dataset", DataConfig.dataset) in NAMED_DATASETS:
+        migrated["data"] = {**migrated["data"], "split_by": "position"}
     if isinstance(d.get("train"), dict) and "label_dropout" not in d["train"]:
         migrated["train"] = {**migrated["train"], "label_dropout": TrainConfig.label_dropout}
     return migrated

@@ -77,6 +77,22 @@ def generator(seed: int, purpose: Purpose, *index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_for(seed, purpose, *index))
 
 
+def uniform_of_name(seed: int, purpose: Purpose, name: bytes) -> float:
+    """A number in [0, 1) that is a function of (seed, purpose, name) alone: the item named ``name`` draws it
+    whatever other items exist (e.g. whether a file of a folder is held out, ``ddpm.data.base``).
+
+    BLAKE2b (personalised apart from ``seed_for``'s streams) of the purpose's position, the seed in 8 bytes and
+    then the name's bytes — fixed-length fields first, so the encoding is injective —, its first 53 bits read as
+    a binary fraction: exactly uniform on the multiples of 2⁻⁵³.
+    """
+    s = _check_int("seed", seed, MAX_SEED)
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown randomness purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
+    message = bytes([PURPOSES.index(purpose)]) + s.to_bytes(8, "little") + bytes(name)
+    digest = hashlib.blake2b(message, digest_size=8, person=b"ddpm.name").digest()
+    return (int.from_bytes(digest, "little") >> 11) / 2.0**53
+
+
 def numpy_rng(seed: int, purpose: Purpose, *index: int) -> np.random.Generator:
     """A numpy ``Generator`` for stream (seed, purpose, index…) (``seed_for``)."""
     return np.random.default_rng(seed_for(seed, purpose, *index))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..rng import numpy_rng
+from ..rng import numpy_rng, uniform_of_name
 from .errors import DataError
 from .levels import check_levels, from_levels
 
@@ -31,27 +32,56 @@ def check_image_config(image_size: int, channels: int, source: str) -> None:
         raise DataError(f"{source}: model.image_size must be >= 1, got {image_size}")
 
 
-def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: int,
-                     source: str) -> np.ndarray:
-    """Sorted indices of one split of ``n`` items; the test split is the first round(f*n) of a permutation.
-
-    This is the rule of ``digits_arrays``; the split never changes for the same (n, fraction, seed). A fraction
-    of 0 holds nothing out: every item trains (as the paper's LSUN and CelebA-HQ runs) and there is no test split.
-    """
+def _check_fraction(n: int, split: str, held_out_fraction: float, source: str) -> None:
     check_split(split)
     if not 0.0 <= held_out_fraction < 1.0:
         raise DataError(f"{source}: data.held_out_fraction must be in [0, 1), got {held_out_fraction}")
     if held_out_fraction == 0.0 and split == "test":
         raise DataError(f"{source}: there is no test split: data.held_out_fraction is 0, so all {n} items train "
                         "(evaluate on --split train, or set --held_out_fraction)")
+
+
+def _nonempty(idx: np.ndarray, n: int, split: str, held_out_fraction: float, source: str,
+              why: str = "") -> np.ndarray:
+    if len(idx) == 0:
+        raise DataError(
+            f"{source}: the {split} split is empty ({n} items, held_out_fraction={held_out_fraction}){why}"
+        )
+    return idx
+
+
+def held_out_indices(n: int, split: str, held_out_fraction: float, split_seed: int,
+                     source: str) -> np.ndarray:
+    """Sorted indices of one split of ``n`` items; the test split is the first round(f*n) of a permutation.
+
+    This is the rule of ``digits_arrays`` (data.split_by "position"); the split never changes for the same
+    (n, fraction, seed) — but one item more or less reshuffles it. A fraction of 0 holds nothing out: every
+    item trains (as the paper's LSUN and CelebA-HQ runs) and there is no test split.
+    """
+    _check_fraction(n, split, held_out_fraction, source)
     order = numpy_rng(split_seed, "split").permutation(n)
     n_test = int(round(held_out_fraction * n))
     idx = np.sort(order[:n_test] if split == "test" else order[n_test:])
-    if len(idx) == 0:
-        raise DataError(
-            f"{source}: the {split} split is empty ({n} items, held_out_fraction={held_out_fraction})"
-        )
-    return idx
+    return _nonempty(idx, n, split, held_out_fraction, source)
+
+
+def held_out_by_name(names: Sequence[bytes], split: str, held_out_fraction: float, split_seed: int,
+                     source: str) -> np.ndarray:
+    """Sorted indices of one split of the items named ``names`` (data.split_by "name"): item i is held out
+    when its number ``uniform_of_name(split_seed, "split", names[i])`` is below the fraction.
+
+    An item's split depends on its own name alone, so adding, removing or renaming other items moves none of
+    the rest: a model resumed or evaluated after its folder grew still has never trained on a test image. The
+    test split holds about ``f·n`` items (binomially distributed: n = 40, f = 0.1 gives 4 ± 1.9).
+    """
+    _check_fraction(len(names), split, held_out_fraction, source)
+    test = np.fromiter((uniform_of_name(split_seed, "split", name) < held_out_fraction for name in names),
+                       dtype=bool, count=len(names))
+    idx = np.flatnonzero(test if split == "test" else ~test)
+    return _nonempty(idx, len(names), split, held_out_fraction, source,
+                     f": each item is held out by its name with probability {held_out_fraction} (data.split_by "
+                     "'name'); hold out more with --held_out_fraction, or take round(fraction × items) by "
+                     "position with --split_by position (one item more then reshuffles the split)")
 
 
 class ArrayImageDataset(Dataset[Tensor]):

@@ -82,10 +82,11 @@ def build_dataset(cfg: DataConfig, shape: tuple[int, ...], split: Literal["train
         ds = _array_dataset(images, labels_, channels, size, levels, where, names)
     elif cfg.dataset == "folder":
         ds = ImageFolderDataset(_need_path(cfg, "a folder of images"), size, channels, levels,
-                                split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
+                                split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check, cfg.split_rule)
     elif cfg.dataset == "lmdb":
         ds = LMDBImageDataset(_need_path(cfg, "an LMDB database folder"), size, channels,
-                              levels, split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check)
+                              levels, split, cfg.held_out_fraction, cfg.split_seed, skip_bad, check,
+                              cfg.split_rule)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; known: digits, cifar10, folder, lmdb, npz, toy2d")
     log.info("built %r", ds)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import held_out_indices
+from ..config import SplitBy
+from .base import held_out_by_name, held_out_indices
 from .decode import Check, EncodedImageDataset, ImageSource, validate_images
 from .errors import DataError
 
@@ -97,8 +98,10 @@ def folder_classes(root: Path, files: list[Path], names: list[str]
 class ImageFolderDataset(EncodedImageDataset):
     """Images of a folder (recursively), center-cropped to a square and resized to ``image_size``.
 
-    Files are sorted by relative path and split by ``held_out_indices`` (a folder has no split of
-    its own). At construction every file of the split is checked (``check="header"``: PIL's
+    Files are sorted by relative path and split by that path (``held_out_by_name``: a file added to the
+    folder later moves no other file's split; ``split_by="position"``: ``held_out_indices``, the rule of
+    ddpm ≤ 0.3, which one file more reshuffles) — a folder has no split of its own. At construction
+    every file of the split is checked (``check="header"``: PIL's
     ``verify()``, mode and size; ``check="decode"``: a full decode, slower but also catches truncated
     JPEGs); pixels are decoded lazily in ``__getitem__``. A bad file (undecodable, truncated,
     unsupported mode, smaller than ``image_size``) raises DataError naming it, or with
@@ -120,7 +123,7 @@ class ImageFolderDataset(EncodedImageDataset):
 
     def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
                  split: str = "train", held_out_fraction: float = 0.1, split_seed: int = 0,
-                 skip_bad: bool = False, check: Check = "header") -> None:
+                 skip_bad: bool = False, check: Check = "header", split_by: SplitBy = "name") -> None:
         self.root = Path(root).expanduser()
         super().__init__(image_size, channels, levels, source=str(self.root))
         if not self.root.is_dir():
@@ -132,7 +135,11 @@ class ImageFolderDataset(EncodedImageDataset):
             raise DataError(
                 f"{self.root}: no images found (searched recursively for {sorted(IMAGE_EXTENSIONS)})"
             )
-        idx = held_out_indices(len(files), split, held_out_fraction, split_seed, str(self.root))
+        if split_by == "name":  # a file's path under the folder (through links), as the files are sorted
+            names = [f.relative_to(self.root).as_posix().encode("utf-8", "surrogateescape") for f in files]
+            idx = held_out_by_name(names, split, held_out_fraction, split_seed, str(self.root))
+        else:
+            idx = held_out_indices(len(files), split, held_out_fraction, split_seed, str(self.root))
         paths = [str(files[i]) for i in idx]
         good = validate_images(paths, paths.__getitem__, image_size, check, skip_bad, channels, str(self.root))
         if len(good) < len(paths):

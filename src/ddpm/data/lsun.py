@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import held_out_indices
+from ..config import SplitBy
+from .base import held_out_by_name, held_out_indices
 from .decode import Check, EncodedImageDataset, ImageSource, validate_images
 from .errors import DataError
 
@@ -79,7 +80,8 @@ class LMDBImageDataset(EncodedImageDataset):
 
     An LSUN database is one category: it has no class labels.
 
-    Keys are taken in LMDB order and split by ``held_out_indices``. Construction checks every image of
+    Keys are taken in LMDB order and split by key (``held_out_by_name``; ``split_by="position"``:
+    ``held_out_indices``, the rule of ddpm ≤ 0.3). Construction checks every image of
     the split like ``ImageFolderDataset`` (``check``, ``skip_bad``), which reads each value once: for
     the 3M-image LSUN bedroom set this takes a while. The dataset holds no environment (see
     ``open_env``), so it pickles and works in DataLoader workers.
@@ -87,14 +89,18 @@ class LMDBImageDataset(EncodedImageDataset):
 
     def __init__(self, path: str | os.PathLike[str], image_size: int, channels: int, levels: int = 256,
                  split: str = "train", held_out_fraction: float = 0.1, split_seed: int = 0,
-                 skip_bad: bool = False, check: Check = "header") -> None:
+                 skip_bad: bool = False, check: Check = "header", split_by: SplitBy = "name") -> None:
         self.no_labels = "an LMDB database (one LSUN category) holds no class labels"
         self.path = Path(path).expanduser()
         super().__init__(image_size, channels, levels, source=str(self.path))
         blob, offsets = read_keys(open_env(self.path), self.path)
         if len(offsets) == 1:
             raise DataError(f"{self.path}: the LMDB database holds no entries")
-        idx = held_out_indices(len(offsets) - 1, split, held_out_fraction, split_seed, str(self.path))
+        n = len(offsets) - 1
+        if split_by == "name":
+            idx = held_out_by_name(_Keys(blob, offsets), split, held_out_fraction, split_seed, str(self.path))
+        else:
+            idx = held_out_indices(n, split, held_out_fraction, split_seed, str(self.path))
         self._blob, self._offsets = blob, offsets
         self._index = idx
         self.names = _LazyNames(self)
@@ -128,6 +134,21 @@ class LMDBImageDataset(EncodedImageDataset):
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+class _Keys(Sequence[bytes]):
+    """The LMDB keys held as one blob and their offsets, as a sequence (no list of millions of bytes objects)."""
+
+    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+        self._blob, self._offsets = blob, offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, j: int) -> bytes:  # type: ignore[override]
+        if not 0 <= j < len(self):
+            raise IndexError(j)
+        return self._blob[self._offsets[j]:self._offsets[j + 1]]
 
 
 class _LazyNames:
