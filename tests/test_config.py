@@ -58,10 +58,14 @@ def test_image_size_and_channels_live_on_the_model_alone() -> None:
     with pytest.raises(ConfigError, match="channels and model.in_channels both set model.in_channels"):
         override(preset("digits"), channels=3, **{"model.in_channels": 3})
     for old, new in (("data.image_size", "model.image_size"), ("data.channels", "model.in_channels")):
-        with pytest.raises(ConfigError, match=f"option '{old}' is now '{new}'"):
+        with pytest.raises(ConfigError, match=f"option '{old}' is no longer a field \\({old} is now {new}: --"):
             override(preset("digits"), **{old: 16})
-    with pytest.raises(ConfigError, match=r"unknown option 'learn_sigma' \(model.learn_sigma is now diffusion.var_t"):
+    with pytest.raises(ConfigError, match=r"unknown option 'learn_sigma' \(model.learn_sigma is now diffusion.var_t"
+                                          r"ype: --var_type learned or learned_range\)"):
         override(preset("digits"), learn_sigma=True)
+    with pytest.raises(ConfigError, match=r"option 'model.learn_sigma' is no longer a field \(model.learn_sigma is "
+                                          r"now diffusion.var_type: --var_type learned or learned_range\)"):
+        override(preset("digits"), **{"model.learn_sigma": True})
 
 
 def test_a_name_in_two_sections_must_be_dotted() -> None:

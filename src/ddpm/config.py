@@ -432,7 +432,7 @@ def from_dict(cls: Any, d: dict[str, Any], where: str = "config") -> Any:
 
 
 # Another name for a field: ``channels`` is the images' channel count, which the U-Net calls in_channels.
-_ALIASES = {"channels": "model.in_channels"}
+ALIASES = {"channels": "model.in_channels"}  # short option names of fields (U-Net configs)
 
 # Fields that configs written before ddpm 0.2 held, and where each fact lives now.
 MOVED_FIELDS = {
@@ -440,6 +440,17 @@ MOVED_FIELDS = {
     "data.channels": "model.in_channels",
     "model.learn_sigma": "diffusion.var_type",
 }
+
+
+def moved_hint(key: str) -> str:
+    """Where a field that configs before ddpm 0.2 held (``key``: its dotted or bare name) lives now, as
+    `` (data.channels is now model.in_channels: --channels)``; '' for any other key."""
+    for old, new in MOVED_FIELDS.items():
+        if key in (old, old.split(".")[1]):
+            options = [a for a, field_ in ALIASES.items() if field_ == new] or [new.split(".")[1]]
+            values = " " + " or ".join(LEARNED_VAR_TYPES) if old == "model.learn_sigma" else ""
+            return f" ({old} is now {new}: --{options[0]}{values})"
+    return ""
 
 
 def migrate(d: Any) -> Any:
@@ -508,10 +519,9 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
 
     for key, value in changes.items():
         if key in MOVED_FIELDS:
-            raise ConfigError(f"option {key!r} is now {MOVED_FIELDS[key]!r}" + (
-                " (a learned Σ is var_type 'learned' or 'learned_range')" if key == "model.learn_sigma" else ""))
-        if key in _ALIASES and isinstance(cfg.model, UNetConfig):
-            sec, name = _ALIASES[key].split(".")
+            raise ConfigError(f"option {key!r} is no longer a field{moved_hint(key)}")
+        if key in ALIASES and isinstance(cfg.model, UNetConfig):
+            sec, name = ALIASES[key].split(".")
             put(sec, name, key, value)
             continue
         if "." in key:
@@ -526,9 +536,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             name = key
             owners = [s for s, obj in sections.items() if name in {f.name for f in fields(obj)}]
         if not owners:
-            moved = [old for old in MOVED_FIELDS if old.split(".")[1] == name]
-            raise ConfigError(f"unknown option {key!r}"
-                              + (f" ({moved[0]} is now {MOVED_FIELDS[moved[0]]})" if moved else ""))
+            raise ConfigError(f"unknown option {key!r}{moved_hint(key)}")
         if len(owners) > 1:
             raise ConfigError(f"option {key!r} is ambiguous: use one of {[f'{o}.{name}' for o in owners]}")
         put(owners[0], name, key, value)

@@ -7,7 +7,17 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from ..config import MOVED_FIELDS, ConfigError, DataConfig, DiffusionConfig, MLPConfig, TrainConfig, UNetConfig, shown
+from ..config import (
+    ALIASES,
+    ConfigError,
+    DataConfig,
+    DiffusionConfig,
+    MLPConfig,
+    TrainConfig,
+    UNetConfig,
+    moved_hint,
+    shown,
+)
 
 _SECTIONS = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,), "data": (DataConfig,),
              "train": (TrainConfig,)}
@@ -15,22 +25,13 @@ _SECTIONS = {"model": (UNetConfig, MLPConfig), "diffusion": (DiffusionConfig,), 
 
 def field_names() -> set[str]:
     """Every overridable name, bare and dotted."""
-    names = {"image_size", "channels"}
+    names = set(ALIASES)  # e.g. channels (model.in_channels)
     for sec, classes in _SECTIONS.items():
         for cls in classes:
             for f in fields(cls):
                 if f.name != "kind":
                     names.update({f.name, f"{sec}.{f.name}"})
     return names
-
-
-def moved_hint(key: str) -> str:
-    """Where a field that ddpm 0.1 configs held lives now, for an unknown option: `` (… is now …: --option)``."""
-    for old, new in MOVED_FIELDS.items():
-        if key in (old, old.split(".")[1]):
-            option = {"model.in_channels": "--channels", "diffusion.var_type": "--var_type learned or learned_range"}
-            return f" ({old} is now {new}: {option.get(new, '--' + new.split('.')[1])})"
-    return ""
 
 
 def parse_value(text: str) -> Any:
