@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import pickle  # only for its exception type: nothing here unpickles anything
@@ -37,6 +38,8 @@ import torch
 from .config import cut
 from .outputs import check_output_dir, fsync_dir, replace_dir
 from .untrusted_pickle import check_pickle
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "ddpm-checkpoint"
 FORMAT_VERSION = 1  # bump when a reader of the previous version would misread a new checkpoint
@@ -94,7 +97,7 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int | None = No
     step = _check_step(ckpt.step)
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(ckpt_dir)
+    remove_leftovers(ckpt_dir)
     final = _write_checkpoint_dir(ckpt_dir / f"step_{step:09d}", ckpt)
     if keep is not None:
         _prune(ckpt_dir, keep, final)
@@ -109,7 +112,7 @@ def save_model(path: str | Path, config: dict[str, Any], model_state: dict[str, 
     """
     path = check_output_dir(path, "convert", overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(path.parent, only_name=path.name)
+    remove_leftovers(path.parent, only_name=path.name)
     return _write_checkpoint_dir(path, Checkpoint(step=0, config=config, model=model_state, extra=extra or {}))
 
 
@@ -359,16 +362,24 @@ def _remove_checkpoint(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _clean_leftovers(directory: Path, only_name: str | None = None) -> None:
-    """Remove temp/replaced directories left by crashed writers (this process or dead ones)."""
+def remove_leftovers(directory: Path, only_name: str | None = None) -> list[Path]:
+    """Remove the ``.tmp-NAME-PID`` / ``.old-NAME-PID`` directories left in ``directory`` by writers killed
+    mid-save (this process or dead ones; only NAME's with ``only_name``), logging each; the removed ones.
+
+    A directory whose pid is a running process (another user's too) may be a save in progress and is left alone.
+    """
+    removed = []
     for entry in directory.iterdir():
         m = _LEFTOVER.match(entry.name)
         if not m or (only_name is not None and m.group(1) != only_name):
             continue
         pid = int(m.group(2))
-        # a live pid may be another writer in the middle of a save: leave its directories alone
         if pid == os.getpid() or not _pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left by an interrupted save (%s)", entry,
+                     "of this process" if pid == os.getpid() else f"process {pid} is no longer running")
+            removed.append(entry)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:

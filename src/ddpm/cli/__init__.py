@@ -13,6 +13,7 @@ from typing import NoReturn
 # subcommand modules, each with ``register(subparsers)``; a module that is not there yet is skipped
 _COMMANDS = ("quickstart", "train", "evaluate", "convert", "compress")
 DEBUG_ENV = "DDPM_DEBUG"  # set to 1 to see the traceback of every error, as --debug does
+EXIT_INTERRUPTED = 130  # a Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 class _StoreOnce(argparse._StoreAction):
@@ -110,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)  # (ddpm train says what it keeps itself)
+        return EXIT_INTERRUPTED
     except Exception as e:
         if debug:
             raise

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
+from ..checkpoint import latest_checkpoint
 from ..config import PRESETS, ConfigError, RunConfig, override, preset
+from ..processes import is_main_process
+from . import EXIT_INTERRUPTED
 from .options import add_device
 from .overrides import add_override_help, parse_overrides
 
@@ -59,7 +64,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..train import train
 
-    result = train(cfg, args.out, resume=args.resume or False, device=args.device, progress=not args.no_progress,
-                   overwrite=args.overwrite)
+    try:
+        result = train(cfg, args.out, resume=args.resume or False, device=args.device,
+                       progress=not args.no_progress, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if is_main_process():  # (every process of a torchrun run is interrupted; one line is enough)
+            print(interrupted_line(args.out), file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"trained {cfg.name} to step {result.step} in {result.run_dir}")
     return 0
+
+
+def interrupted_line(out: str | Path) -> str:
+    """What a Ctrl-C leaves in the run directory ``out``: the checkpoint a ``--resume`` continues from, or none.
+
+    Checkpoints are only ever renamed into place whole (``ddpm.checkpoint``), so the latest complete one is intact
+    whatever step the interrupt came in.
+    """
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return (f"ddpm train: interrupted before the first checkpoint was written: {out} holds nothing to resume; "
+                "run the same command again to start over")
+    step = int(latest.name.removeprefix("step_"))  # (list_checkpoints names only step_<digits> directories)
+    return (f"ddpm train: interrupted; the last checkpoint, step {step} ({latest}), is intact: continue with "
+            f"`ddpm train --out {shlex.quote(str(out))} --resume` (the steps trained since it are trained again, "
+            "identically)")

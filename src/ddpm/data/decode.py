@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,8 +54,18 @@ def _check_mode(mode: str, name: str) -> None:
         )
 
 
-def check_image(src: ImageSource, name: str, image_size: int, check: Check = "header") -> str:
-    """The image's PIL mode; DataError naming ``name`` if it is undecodable, of an unsupported mode, or too small.
+@dataclass(frozen=True)
+class CheckedImage:
+    """What ``check_image`` read from an image's header."""
+
+    mode: str    # PIL mode, e.g. "RGB" or "L"
+    width: int   # pixels as stored (before any EXIF turn, which may swap width and height)
+    height: int
+
+
+def check_image(src: ImageSource, name: str, image_size: int, check: Check = "header") -> CheckedImage:
+    """The image's PIL mode and size; DataError naming ``name`` if it is undecodable, of an unsupported mode, or
+    too small.
 
     ``check="header"`` parses the header and runs PIL's ``verify()`` (cheap; a truncated JPEG passes it
     and fails later when decoded); ``check="decode"`` decodes every pixel.
@@ -72,7 +84,7 @@ def check_image(src: ImageSource, name: str, image_size: int, check: Check = "he
         raise DataError(f"{name}: cannot decode the image ({type(e).__name__}: {e})") from e
     _check_mode(mode, name)
     check_min_size(height, width, image_size, name)
-    return mode
+    return CheckedImage(mode, width, height)
 
 
 # EXIF orientation (tag 0x0112) -> the transpose that turns the stored pixels upright (as ImageOps.exif_transpose)
@@ -128,27 +140,51 @@ GREY_MODES = frozenset({"1", "L", "LA", "La"})
 
 
 def validate_images(names: Sequence[str], source_of: Callable[[int], ImageSource], image_size: int,
-                    check: Check, skip_bad: bool, channels: int = 3, source: str = "the data") -> list[int]:
+                    check: Check, skip_bad: bool, channels: int = 3, source: str = "the data",
+                    cropped_level: int = logging.WARNING) -> list[int]:
     """Indices of the images passing ``check_image``: a bad one raises (or, with skip_bad, is logged).
 
-    A 3-channel model on images that are all grey is warned about: each would be copied into R, G and B.
+    A 3-channel model on images that are all grey is warned about: each would be copied into R, G and B. So,
+    in one line, are non-square images, whose sides beyond their largest centred square are cut (sizes from the
+    headers already read: nothing more is decoded), at ``cropped_level`` (INFO where the crop is the recipe).
     """
     if check not in ("header", "decode"):
         raise DataError(f"check must be 'header' or 'decode', got {check!r}")
     good, grey = [], 0
+    cropped, most_cut = 0, None  # (fraction of the longer side cut, name, image) of the most cut image
     for i, name in enumerate(names):
         try:
-            grey += check_image(source_of(i), name, image_size, check) in GREY_MODES
+            info = check_image(source_of(i), name, image_size, check)
         except DataError as e:
             if not skip_bad:
                 raise
             log.warning("skipping a bad image: %s", e)
             continue
         good.append(i)
+        grey += info.mode in GREY_MODES
+        if info.width != info.height:
+            cropped += 1
+            cut = 1 - min(info.width, info.height) / max(info.width, info.height)
+            if most_cut is None or cut > most_cut[0]:
+                most_cut = (cut, name, info)
     if channels == 3 and good and grey == len(good):
         log.warning("%s: all %d images are grey, but the model has 3 channels: each is copied into R, G and B "
                     "(pass --channels 1 for a grey model)", source, len(good))
+    if most_cut is not None:
+        _warn_cropped(cropped_level, source, cropped, len(good), image_size, *most_cut)
     return good
+
+
+def _warn_cropped(level: int, source: str, cropped: int, n: int, image_size: int, cut: float, name: str,
+                  info: CheckedImage) -> None:
+    """One line for a dataset's non-square images: how many, and the most cut one with what of it is kept."""
+    side, long = min(info.width, info.height), max(info.width, info.height)
+    shown = name.removeprefix(source.rstrip(os.sep) + os.sep)  # a folder's file by its path in the folder
+    log.log(level, "%s: %d of %d images are not square and are centre-cropped to their largest centred square "
+            "before resizing to %d×%d; e.g. %s (%d×%d) keeps its centred %d×%d square, losing %d of the %d pixels "
+            "of its longer side (%.0f%%): crop or pad them yourself to keep other parts",
+            source, cropped, n, image_size, image_size, shown, info.width, info.height, side, side, long - side,
+            long, 100 * cut)
 
 
 class EncodedImageDataset(Dataset[Tensor]):

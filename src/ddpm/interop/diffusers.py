@@ -39,7 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm.checkpoint import CheckpointError, read_json, read_safetensors_header, safe_torch_load, save_safetensors
+from ddpm.checkpoint import (
+    CheckpointError,
+    read_json,
+    read_safetensors_header,
+    remove_leftovers,
+    safe_torch_load,
+    save_safetensors,
+)
 from ddpm.config import (
     LEARNED_VAR_TYPES,
     MAX_IMAGE_SIZE,
@@ -752,7 +759,8 @@ def save_diffusers(
 ) -> Path:
     """Write a ``DDPMPipeline`` directory (unet/, scheduler/, model_index.json) that diffusers loads.
 
-    The directory is written whole beside its place and renamed into it; an existing non-empty ``directory`` is
+    The directory is written whole beside its place (``.tmp-NAME-PID``) and renamed into it; what an earlier save
+    killed mid-write left there is removed first (``remove_leftovers``). An existing non-empty ``directory`` is
     refused unless ``overwrite``, which replaces it. A class-conditional model's ``class_names`` and
     ``label_dropout`` go into ``ddpm.json`` beside its number of classes.
     """
@@ -767,8 +775,9 @@ def save_diffusers(
                for k, v in state_dict_to_diffusers(state_dict, model_cfg, out_channels).items()}
     final = check_output_dir(directory, "convert", overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final.parent, only_name=final.name)  # of earlier saves killed mid-write (this one's too)
     root = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)  # (a name the leftover pattern does not match)
     try:
         (root / "unet").mkdir(parents=True)
         (root / "scheduler").mkdir()
