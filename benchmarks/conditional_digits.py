@@ -28,11 +28,19 @@ import torch
 
 from ddpm.checkpoint import latest_checkpoint
 from ddpm.config import override, preset
-from ddpm.evaluation.digits_metric import evaluate_digits, load_digits_classifier, to_digits_tensor
+from ddpm.data import digits_arrays
+from ddpm.evaluation.digits_metric import (
+    REAL_DRAWS,
+    digits_features,
+    evaluate_digits,
+    load_digits_classifier,
+    to_digits_tensor,
+)
+from ddpm.evaluation.frechet import feature_statistics, frechet_distance
 from ddpm.images import save_image_grid, to_display_uint8
 from ddpm.loading import LoadedModel, load_model
 from ddpm.processes import machine_line
-from ddpm.rng import per_item
+from ddpm.rng import numpy_rng, per_item
 from ddpm.sampling import sample
 from ddpm.train import train
 
@@ -54,6 +62,8 @@ class Row:
     fd: float
     fd_ratio: float                   # fd / the unconditional model's fd
     fd_real_vs_real: float
+    fd_real_mean: float               # mean ± sd of the FDs of REAL_DRAWS random real sets of the same size
+    fd_real_sd: float
     confidence: float
     seconds: float
 
@@ -92,10 +102,27 @@ def measure(what: str, x: torch.Tensor, labels: list[int] | None, guidance: floa
         per_digit = [float((predicted[wanted == c] == c).mean()) for c in range(DIGITS)]
     return Row(what, guidance, None if per_digit is None else float(np.mean(per_digit)),
                None if per_digit is None else float(min(per_digit)), per_digit, q.fd,
-               q.fd / fd_uncond if fd_uncond else 1.0, q.fd_real_vs_real, q.confidence, seconds)
+               q.fd / fd_uncond if fd_uncond else 1.0, q.fd_real_vs_real, q.fd_real_mean, q.fd_real_sd,
+               q.confidence, seconds)
 
 
-def markdown(rows: list[Row], args: argparse.Namespace, n: int) -> str:
+def balanced_real_fds(per_class: int, seed: int) -> list[float]:
+    """FDs against the test split (the metric's reference) of REAL_DRAWS class-balanced sets of real training
+    digits, ``per_class`` of each — the class make-up of the guided samples, where a random real set's varies.
+    Draw k takes class c's images from stream (seed, "digits-reference", k, c)."""
+    train_x, train_y = digits_arrays("train")
+    f_train, f_test = digits_features(train_x), digits_features(digits_arrays("test")[0])
+    ref = feature_statistics(f_test)
+    fds = []
+    for k in range(REAL_DRAWS):
+        idx = np.concatenate([numpy_rng(seed, "digits-reference", k, c).choice(np.flatnonzero(train_y == c),
+                                                                              per_class, replace=False)
+                              for c in range(DIGITS)])
+        fds.append(frechet_distance(*feature_statistics(f_train[idx]), *ref))
+    return fds
+
+
+def markdown(rows: list[Row], args: argparse.Namespace, n: int, balanced: list[float]) -> str:
     """The table, the target's verdict, and the setting, as markdown."""
     lines = [f"Class-conditional digits with classifier-free guidance: {args.steps} training steps per model, "
              f"{args.per_class} samples of each digit ({n} per row), {args.sampler} with "
@@ -107,6 +134,12 @@ def markdown(rows: list[Row], args: argparse.Namespace, n: int) -> str:
         w = "—" if r.guidance is None else f"{r.guidance:g}"
         lines.append(f"| {r.what} | {w} | {acc} | {r.fd:.2f} ({r.fd_real_vs_real:.2f}) | {r.fd_ratio:.2f} | "
                      f"{r.confidence:.3f} |")
+    base = rows[0]
+    lines += ["", f"Real digits against the same test split, {REAL_DRAWS} sets of {n} each: random training digits "
+              f"{base.fd_real_mean:.2f} ± {base.fd_real_sd:.2f}; class-balanced ones ({args.per_class} of each "
+              f"digit, as the guided samples) {np.mean(balanced):.2f} ± {np.std(balanced, ddof=1):.2f}. A sample "
+              "set's FD is to be read against the real sets of its own make-up: the unconditional model's and the "
+              "no-class samples' against the random ones, the guided samples' against the class-balanced ones."]
     met = [r for r in rows if r.accuracy is not None and r.accuracy >= TARGET_ACCURACY
            and r.fd_ratio <= TARGET_FD_RATIO]
     lines += ["", f"Target (accuracy >= {TARGET_ACCURACY} at a w whose FD is within {TARGET_FD_RATIO}x the "
@@ -176,10 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("conditional model, guided", x, labels, w, base.fd, args.seed, s))
         print(json.dumps(asdict(rows[-1])), flush=True)
     grid(out / "grid.png", per_w, args.per_class)
-    table = markdown(rows, args, n)
+    balanced = balanced_real_fds(args.per_class, args.seed)
+    table = markdown(rows, args, n, balanced)
     (out / "conditional_digits.md").write_text(table)
-    (out / "conditional_digits.json").write_text(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows]},
-                                                           indent=2))
+    (out / "conditional_digits.json").write_text(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows],
+                                                            "fd_real_balanced": balanced}, indent=2))
     print(table)
     print(f"total {time.perf_counter() - tick:.0f} s -> {out / 'conditional_digits.md'}, {out / 'grid.png'}")
 
