@@ -54,6 +54,27 @@ def data(n: int, seed: int = 0) -> list[torch.Tensor]:
     return [M + S * torch.randn(n, D, generator=g, dtype=torch.float64)]
 
 
+def test_gamma_with_one_noise_stream_per_image_does_not_depend_on_the_batches():
+    """The estimate of ddpm analytic-variance: image i draws from stream (seed, "analytic-gamma", i), so any split
+    of the images into batches (or over processes) sums to the same Γ, up to the order of float64 additions."""
+    from ddpm.rng import per_item
+    from ddpm.sampling.analytic import gamma_from_sums, gamma_sums
+
+    d, x0 = full(), data(12)[0]
+    model = exact_eps(d)
+
+    def gamma(bounds: list[tuple[int, int]]) -> torch.Tensor:
+        sums = [gamma_sums(model, d, x0[a:b], per_item(3, "analytic-gamma", range(a, b))) for a, b in bounds]
+        return gamma_from_sums(sums, len(x0), d.T)
+
+    one = gamma([(0, 12)])
+    for bounds in ([(0, 5), (5, 12)], [(i, i + 1) for i in range(12)], [(0, 1), (1, 11), (11, 12)]):
+        torch.testing.assert_close(gamma(bounds), one, rtol=1e-13, atol=0)
+    with pytest.raises(AssertionError):  # (the check can fail: another seed draws another estimate)
+        torch.testing.assert_close(gamma_from_sums([gamma_sums(model, d, x0, per_item(4, "analytic-gamma",
+                                                                                     range(12)))], 12, d.T), one)
+
+
 def test_monte_carlo_gamma_converges_to_closed_form_like_one_over_sqrt_n():
     d = full()
     steps = [1, 10, 50, 100]

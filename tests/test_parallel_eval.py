@@ -136,10 +136,10 @@ def _torchrun_script(script: Path, *args: str, timeout: float = 120) -> subproce
 
 
 @pytest.mark.parametrize("command", ["analytic-variance", "nll"])
-def test_the_analytic_variance_estimate_is_computed_and_written_by_rank_0_alone(ckpt, tmp_path, command):
+def test_the_analytic_variance_estimate_is_written_by_rank_0_alone(ckpt, tmp_path, command):
     """Under torchrun every rank used to compute Γ and write the same two files beside the checkpoint (racing:
-    on a GPU their bytes may differ, leaving a JSON whose sha256 names the other rank's tensor file); the other
-    ranks now take rank 0's Γ."""
+    on a GPU their bytes may differ, leaving a JSON whose sha256 names the other rank's tensor file); rank 0
+    alone writes the Γ every rank holds."""
     script, log, out = tmp_path / "record.py", tmp_path / "writes.txt", tmp_path / "nll"
     script.write_text(_RECORD_WRITES)
     if command == "nll":
@@ -155,6 +155,39 @@ def test_the_analytic_variance_estimate_is_computed_and_written_by_rank_0_alone(
     else:
         printed = [ln for ln in proc.stdout.splitlines() if ln.startswith("Gamma_t")]
         assert len(printed) == 1  # rank 0 prints the estimate every rank holds
+
+
+_RECORD_SHARES = """
+import os, sys
+import ddpm.evaluation.analytic_variance as av
+from ddpm.cli import main
+
+log = sys.argv[1]
+real = av.gamma_sums
+
+def gamma_sums(model, diffusion, x0, *a, **k):  # which rank computes how many images
+    with open(log, "a") as f:
+        f.write(f"{os.environ['RANK']} {x0.shape[0]}\\n")
+    return real(model, diffusion, x0, *a, **k)
+
+av.gamma_sums = gamma_sums
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_the_analytic_variance_estimate_is_shared_out_and_equals_one_processes(ckpt, tmp_path):
+    """Γ over 2 processes: each computes its share of the batches (rank 0 used to compute all of them while the
+    others waited), and the stored estimate is byte for byte what one process stores."""
+    script, log = tmp_path / "shares.py", tmp_path / "shares.txt"
+    script.write_text(_RECORD_SHARES)
+    args = ["analytic-variance", "--checkpoint", str(ckpt), "--n-images", "5", "--batch-size", "2", "--recompute"]
+    _torchrun_script(script, str(log), *args)
+    shares = sorted(tuple(map(int, ln.split())) for ln in log.read_text().splitlines())
+    assert shares == [(0, 2), (0, 2), (1, 1)], shares  # batches [0, 1], [2, 3] on rank 0, [4] on rank 1
+    tensor = next(ckpt.parent.glob(f"{ckpt.name}.analytic-*.safetensors"))
+    two = tensor.read_bytes()
+    assert main(args) == 0
+    assert tensor.read_bytes() == two
 
 
 # --- torchrun writes what one process writes ----------------------------------------------------------------

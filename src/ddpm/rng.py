@@ -40,7 +40,7 @@ Purpose = Literal[
     "pairs",            # the random image pairs of an interpolation grid
     "split",            # the fixed held-out split of a dataset without one
     "toy2d",            # the fixed points of the toy 2-D data: index (0,) train, (1,) test
-    "analytic-gamma",   # the Monte-Carlo draws of Analytic-DPM's Γ estimate
+    "analytic-gamma",   # the Monte-Carlo draws of Analytic-DPM's Γ estimate: index (i,), training image i
     "classifier",       # the digits classifier: weights, data order and shifts
     "digits-reference",  # the reference and real images drawn by the digits metric; index (k,): real draw k
     "inception-score",  # the split permutation inside torchmetrics' Inception Score

@@ -30,11 +30,11 @@ from ..compression.codec import model_hash
 from ..config import check_int, check_seed
 from ..loading import LoadedModel, Weights, load_model
 from ..outputs import atomic_file, write_text
-from ..processes import DEFAULT_DEVICE, check_device, device_for, local_rank
-from ..rng import GlobalNoise, generator
-from ..sampling.analytic import AnalyticDiffusion, estimate_gamma
+from ..processes import DEFAULT_DEVICE, ProcessGroup, check_device, device_for, local_rank
+from ..rng import per_item
+from ..sampling.analytic import AnalyticDiffusion, gamma_from_sums, gamma_sums
 from .common import DataChoice, batched, check_model_classes, load_split, stack_items
-from .parallel import evaluation_processes, on_main
+from .parallel import evaluation_processes, gather_to_main, on_main, shard
 
 Tensor = torch.Tensor
 FORMAT = "ddpm-analytic-gamma"
@@ -120,23 +120,25 @@ def read_estimate(checkpoint: str | Path, model: LoadedModel,
 
 
 def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_images: int | None = None,
-                   seed: int = 0, batch_size: int = 64, recompute: bool = False, conditional: bool = True) -> Tensor:
+                   seed: int = 0, batch_size: int = 64, recompute: bool = False, conditional: bool = True,
+                   group: ProcessGroup | None = None) -> Tensor:
     """Γ for ``model``: the stored estimate, or (if none, or ``recompute``) one from ``images`` that is then stored.
 
     ``images`` is an indexable dataset of training images in [-1, 1] (with their labels for a class-conditional
     model); the first ``n_images`` (default DEFAULT_IMAGES, at most its length) are used. A stored estimate of
     another model is refused, not replaced, unless ``recompute``; one of another image count is refused when
     ``n_images`` is given explicitly. ``conditional`` picks the table of a class-conditional model (``table_for``).
+
+    Image i draws its x_t from stream (seed, "analytic-gamma", i), so the estimate is the same for any batch size
+    and number of processes: under torchrun (``group``) every rank sums its share of the batches, rank 0 adds the
+    sums in batch order and stores Γ, and every rank receives it (as rank 0's error, if any: ``on_main``).
     """
     if n_images is not None:
         check_int("--n-images", n_images, 1)
-    _, json_path = estimate_paths(checkpoint, model.weights)
-    if json_path.exists() and not recompute:
-        gamma, record = read_estimate(checkpoint, model, conditional)
-        if n_images is not None and record.get("n_images") != n_images:
-            raise CheckpointError(f"{json_path} was estimated from {record.get('n_images')!r} images, not "
-                                  f"--n-images {n_images}; add --recompute to replace it")
-        return gamma
+    group = group or ProcessGroup()  # one process
+    stored = on_main(lambda: _stored_estimate(checkpoint, model, n_images, recompute, conditional), group)
+    if stored is not None:
+        return stored
     n = min(len(images), n_images or DEFAULT_IMAGES)
     if n < 1:
         raise CheckpointError("the Γ estimate needs at least one training image; the training split is empty")
@@ -144,17 +146,41 @@ def analytic_gamma(checkpoint: str | Path, model: LoadedModel, images: Any, n_im
     labels = None
     if model.num_classes is not None:  # Γ under each image's own label: the data's classes must be the model's
         labels = torch.as_tensor(check_model_classes(model, images))
-    tables = {}
+    batches = list(batched(range(n), batch_size))
+    mine = shard(batches, group)  # a contiguous run of batches: rank order is batch order
+    sums: dict[str, list[Tensor]] = {}
     for name in gamma_tables(model):
         # the same images and noise for every table (common random numbers)
-        batches = (stack_items(images, idx).to(device) if labels is None or name == "gamma_null" else
-                   (stack_items(images, idx).to(device), labels[list(idx)].to(device))
-                   for idx in batched(range(n), batch_size))
-        tables[name], count = estimate_gamma(model, model.diffusion, batches,
-                                             GlobalNoise(generator(seed, "analytic-gamma")))
-        assert count == n and not math.isnan(float(tables[name].sum()))
-    write_estimate(checkpoint, model, tables, n, seed)
-    return tables[table_for(model, conditional)]
+        given = labels is not None and name == "gamma"
+        sums[name] = [gamma_sums(model, model.diffusion, stack_items(images, idx).to(device),
+                                 per_item(seed, "analytic-gamma", idx),
+                                 labels=labels[list(idx)].to(device) if given else None)
+                      for idx in mine]
+    gathered = gather_to_main(sums, group)
+
+    def store() -> Tensor:
+        assert gathered is not None
+        tables = {name: gamma_from_sums((b for rank in gathered for b in rank[name]), n, model.diffusion.T)
+                  for name in gamma_tables(model)}
+        assert not any(math.isnan(float(g.sum())) for g in tables.values())
+        write_estimate(checkpoint, model, tables, n, seed)
+        return tables[table_for(model, conditional)]
+
+    return on_main(store, group)
+
+
+def _stored_estimate(checkpoint: str | Path, model: LoadedModel, n_images: int | None, recompute: bool,
+                     conditional: bool) -> Tensor | None:
+    """The estimate stored for ``model`` (refused if of another image count than ``n_images``), or None when
+    there is none or ``recompute``."""
+    _, json_path = estimate_paths(checkpoint, model.weights)
+    if not json_path.exists() or recompute:
+        return None
+    gamma, record = read_estimate(checkpoint, model, conditional)
+    if n_images is not None and record.get("n_images") != n_images:
+        raise CheckpointError(f"{json_path} was estimated from {record.get('n_images')!r} images, not "
+                              f"--n-images {n_images}; add --recompute to replace it")
+    return gamma
 
 
 def analytic_diffusion(model: LoadedModel, gamma: Tensor) -> AnalyticDiffusion:
@@ -186,18 +212,18 @@ class AnalyticVarianceOptions:
 def run_analytic_variance(options: AnalyticVarianceOptions) -> tuple[Path, Tensor]:
     """``ddpm analytic-variance``: Γ on the training split, stored beside the checkpoint; (the JSON, Γ).
 
-    Γ is one Monte-Carlo stream over the images, so it is not shared out: under torchrun rank 0 computes and
-    writes it, and the other ranks receive the same (JSON, Γ) (or rank 0's error) from it.
+    Under torchrun every rank computes its share of the images (``analytic_gamma``) and rank 0 writes Γ; every
+    rank returns the same (JSON, Γ) — or raises rank 0's error.
     """
     o = options
     device = device_for(o.device, local_rank())
     with evaluation_processes(device) as group:
-        return on_main(lambda: _estimate(o, device), group)
+        return _estimate(o, device, group)
 
 
-def _estimate(o: AnalyticVarianceOptions, device: torch.device) -> tuple[Path, Tensor]:
-    """Γ for ``o`` in this process: loaded, or computed and stored; (the JSON, Γ)."""
+def _estimate(o: AnalyticVarianceOptions, device: torch.device, group: ProcessGroup) -> tuple[Path, Tensor]:
+    """Γ for ``o``: loaded, or computed (this rank's share) and stored; (the JSON, Γ)."""
     model = load_model(o.checkpoint, o.weights, device)
     train = load_split(model.config, o.data)
-    gamma = analytic_gamma(o.checkpoint, model, train, o.n_images, o.seed, o.batch_size, o.recompute)
+    gamma = analytic_gamma(o.checkpoint, model, train, o.n_images, o.seed, o.batch_size, o.recompute, group=group)
     return estimate_paths(o.checkpoint, model.weights)[1], gamma.cpu()

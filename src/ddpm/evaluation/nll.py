@@ -42,7 +42,7 @@ from .common import (
     write_run_info,
 )
 from .figures import plot_bound_terms
-from .parallel import gather_to_main, on_main, shard
+from .parallel import gather_to_main, shard
 
 Tensor = torch.Tensor
 DecoderChoice = Literal["auto", "discretized", "continuous"]
@@ -280,13 +280,10 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
             # Γ on the training split (the stored estimate, or computed now and stored beside the checkpoint)
             from .analytic_variance import analytic_diffusion, analytic_gamma
 
-            def estimate() -> torch.Tensor:
-                train = load_split(s.config, replace(options.data, split="train"))
-                return analytic_gamma(common.checkpoint, s.model, train, options.n_images, common.seed,
-                                      common.batch_size, options.recompute).cpu()
-
-            # one Monte-Carlo stream, read or computed and stored by rank 0 alone, then handed to every rank
-            gamma = on_main(estimate, s.group)
+            # read, or computed (each rank its share of the images) and stored by rank 0; every rank holds it
+            train = load_split(s.config, replace(options.data, split="train"))
+            gamma = analytic_gamma(common.checkpoint, s.model, train, options.n_images, common.seed,
+                                   common.batch_size, options.recompute, group=s.group).cpu()
             diffusion = analytic_diffusion(s.model, gamma)
         totals, seconds = evaluate_bound(s, common, options.data, options.t_batch, options.clip_denoised, decoder,
                                          options.save_terms, options.steps, diffusion)

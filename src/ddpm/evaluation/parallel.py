@@ -6,7 +6,7 @@ by the device); only Python objects are exchanged (``gather_object``). One proce
 
 Results never depend on the number of processes: every item of work (image, sample, row) is seeded by its
 global index (a stream of ``ddpm.rng``), not by the rank that happens to compute it. Work that cannot be shared
-(checking the output folder, Analytic-DPM's Γ estimate, one Monte-Carlo stream) runs on rank 0 alone through
+(checking the output folder, reading or writing a file every rank needs) runs on rank 0 alone through
 ``on_main``, which hands its result, or its error, to every rank: a refusal there stops every process at once
 with the same line, whatever launched them, instead of leaving the others waiting out the timeout.
 """

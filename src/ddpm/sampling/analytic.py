@@ -57,36 +57,65 @@ def gamma_terms(eps: Tensor) -> Tensor:
     return mean_flat(eps.double() ** 2)
 
 
+def gamma_steps(T: int, steps: Sequence[int] | None = None) -> list[int]:
+    """The paper times t a Γ estimate covers: all of 1..T, or ``steps`` (sorted, once each)."""
+    ts = list(range(1, T + 1)) if steps is None else sorted(set(int(t) for t in steps))
+    if not ts or ts[0] < 1 or ts[-1] > T:
+        raise ConfigError(f"Γ steps must lie in 1..{T}, got {ts[:3]}")
+    return ts
+
+
+def gamma_sums(model: Model, diffusion: GaussianDiffusion, x0: Tensor, noise: Noise,
+               steps: Sequence[int] | None = None, labels: Tensor | None = None) -> Tensor:
+    """Σ over the batch ``x0`` of ‖ε_θ(x_t, t)‖²/d for each t of ``gamma_steps`` (float64 (T,), 0 at other t),
+    with one draw x_t ~ q(x_t|x_0) per image and t, t in increasing order; ε_θ(x_t, t, y) with ``labels``.
+
+    With one noise stream per image (``per_item``), an image's terms do not depend on the batch it is in: the
+    sums of any split of the images into batches add up to the same Γ (``estimate_gamma``).
+    """
+    T = diffusion.T
+    m = model if labels is None else Conditioned(model, labels)
+    total = torch.zeros(T, dtype=torch.float64)
+    for t in gamma_steps(T, steps):
+        tt = time_batch(t, x0)
+        x_t = diffusion.q_sample(x0, tt, noise.randn(tuple(x0.shape), x0.device))
+        with torch.no_grad():
+            # unclipped ε̂: Γ is a property of the network's ε-prediction, not of the sampler's clipping
+            p = GaussianDiffusion.p_mean_var(diffusion, m, x_t, tt, clip_denoised=False)
+        total[t - 1] += gamma_terms(p.pred_eps).sum().cpu()
+    return total
+
+
+def gamma_from_sums(sums: Iterable[Tensor], count: int, T: int, steps: Sequence[int] | None = None) -> Tensor:
+    """Γ_t (float64 (T,), NaN at t outside ``steps``) from the batches' ``gamma_sums`` of ``count`` images, added
+    in the order given (the order of the batches, whichever processes computed them)."""
+    if count == 0:
+        raise ConfigError("the Γ estimate needs at least one training image, got none")
+    total = torch.zeros(T, dtype=torch.float64)
+    for batch_sum in sums:
+        total += batch_sum
+    gamma = torch.full((T,), math.nan, dtype=torch.float64)
+    idx = torch.tensor(gamma_steps(T, steps)) - 1
+    gamma[idx] = total[idx] / count
+    return gamma
+
+
 def estimate_gamma(model: Model, diffusion: GaussianDiffusion, x0_batches: Iterable[Tensor | tuple[Tensor, Tensor]],
                    noise: Noise = GLOBAL_NOISE, steps: Sequence[int] | None = None) -> tuple[Tensor, int]:
     """(Γ_t for t = 1..T of ``diffusion`` as a float64 table (index t − 1), the number of images used).
 
     Γ_t = mean over images x_0 and one draw x_t ~ q(x_t|x_0) each of ‖ε_θ(x_t, t)‖²/d (Monte Carlo over the
     training images, Bao et al. Sec. 3); ``steps`` (paper times) limits the work to those t, the others are NaN.
-    A batch (x_0, y) of a class-conditional network gives ε_θ(x_t, t, y): Γ of the conditional model.
+    A batch (x_0, y) of a class-conditional network gives ε_θ(x_t, t, y): Γ of the conditional model. ``noise``
+    serves every batch in turn (``gamma_sums`` for batches with noise of their own).
     """
-    T = diffusion.T
-    ts = list(range(1, T + 1)) if steps is None else sorted(set(int(t) for t in steps))
-    if not ts or ts[0] < 1 or ts[-1] > T:
-        raise ConfigError(f"Γ steps must lie in 1..{T}, got {ts[:3]}")
-    total = torch.zeros(T, dtype=torch.float64)
-    count = 0
+    gamma_steps(diffusion.T, steps)  # checked before any network call
+    sums, count = [], 0
     for batch in x0_batches:
-        x0, m = (batch, model) if torch.is_tensor(batch) else (batch[0], Conditioned(model, batch[1]))
+        x0, labels = (batch, None) if torch.is_tensor(batch) else batch
         count += x0.shape[0]
-        for t in ts:
-            tt = time_batch(t, x0)
-            x_t = diffusion.q_sample(x0, tt, noise.randn(tuple(x0.shape), x0.device))
-            with torch.no_grad():
-                # unclipped ε̂: Γ is a property of the network's ε-prediction, not of the sampler's clipping
-                p = GaussianDiffusion.p_mean_var(diffusion, m, x_t, tt, clip_denoised=False)
-            total[t - 1] += gamma_terms(p.pred_eps).sum().cpu()
-    if count == 0:
-        raise ConfigError("the Γ estimate needs at least one training image, got none")
-    gamma = torch.full((T,), math.nan, dtype=torch.float64)
-    idx = torch.tensor(ts) - 1
-    gamma[idx] = total[idx] / count
-    return gamma, count
+        sums.append(gamma_sums(model, diffusion, x0, noise, steps, labels))
+    return gamma_from_sums(sums, count, diffusion.T, steps), count
 
 
 # --- σ*² for one reverse step s < t ------------------------------------------------------------------------
