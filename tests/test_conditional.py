@@ -173,6 +173,8 @@ def test_label_dropout_zero_refuses_unconditional_sampling_and_guidance_only(tmp
         with pytest.raises(ConfigError, match=r"trained with train.label_dropout=0, so its 'no class' input never "
                                               r"learned p\(x\)"):
             sample(m, m.diffusion, shape, steps=3, **kwargs)
+    with pytest.raises(ConfigError, match=r"ddpm sample --class K --guidance 0\) — what draws without a class"):
+        sample(m, m.diffusion, shape, steps=3)
     m = load_model(conditional_checkpoint(tmp_path / "ok"))  # with label dropout: p(x) through "no class"
     assert torch.isfinite(sample(m, m.diffusion, shape, steps=3)).all()
 

@@ -48,8 +48,9 @@ class LoadedModel:
         if self.num_classes is not None and not self.null_class_trained:
             if y is None or bool((y == self.num_classes).any()):
                 raise ConfigError("this model was trained with train.label_dropout=0, so its 'no class' input never "
-                                  "learned p(x): unconditional samples and guidance are meaningless; give a class "
-                                  "(--class) and --guidance 0")
+                                  "learned p(x): unconditional samples and guidance are meaningless; sample a class "
+                                  "unguided (ddpm sample --class K --guidance 0) — what draws without a class "
+                                  "(progressive, interpolate) cannot use this model")
         net = in_bfloat16(self.net) if self.bf16 else self.net
         return net(x_t, steps) if y is None else net(x_t, steps, y=y)
 

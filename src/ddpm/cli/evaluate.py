@@ -148,7 +148,7 @@ SAMPLE_HELP = {
               names=("--n", "--num-samples")),
     "sampler": Flag("one of the samplers above", choices=SAMPLER_NAMES),
     "steps": "reverse steps (default: all T; fewer: respaced by --spacing)",
-    "spacing": "which of the T steps a shorter chain uses: uniform, quadratic (denser near t = 1) or logsnr "
+    "spacing": "which of the T steps a shorter chain (--steps) uses: uniform, quadratic (denser near t = 1) or logsnr "
                "(uniform in log-SNR) (default: the sampler's, logsnr for the DPM-Solver++ family, uniform for the "
                "others)",
     "eta": "DDIM η >= 0 (σ_t of Song et al.'s Eq. 16); 0 is deterministic, 1 is σ_t² = β̃_t",
@@ -169,7 +169,9 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples (Algorithm 2, DDIM, DPM-Solver++) into an .npz and a grid",
                        description="N samples; sample i is seeded by (seed, i), so the images do not depend on\n"
                                    "--batch-size or the number of processes. Writes <name>.npz (key 'images',\n"
-                                   "uint8 NHWC on 0..255), <name>.png and <name>.json.\n\nSamplers (--sampler):\n"
+                                   "uint8 NHWC on 0..255; 'points', float32, for a toy model; 'labels' and\n"
+                                   "'class_names' beside them with --class), <name>.png and <name>.json (what was\n"
+                                   "drawn, with the seed, checkpoint and weights).\n\nSamplers (--sampler):\n"
                                    + sampler_help(), epilog=_AFTER,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)

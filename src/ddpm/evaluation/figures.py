@@ -125,15 +125,16 @@ class SamplerRun:
 
 def plot_sampler_comparison(path: str | Path, runs: Sequence[SamplerRun], reference: SamplerRun | None,
                             real_mean: float, real_sd: float) -> Path:
-    """Fréchet distance against network evaluations, a line per sampler; ``reference`` (e.g. Algorithm 2 on all T
-    steps) as a level, and sets of real images as a band (mean ± sd of their FDs: how much one set's FD varies)."""
+    """Fréchet distance against network evaluations, a line per sampler and spacing; ``reference`` (e.g. Algorithm 2
+    on all T steps) as a level, and sets of real images as a band (mean ± sd of their FDs: how much one set's FD
+    varies)."""
     fig, ax = plt.subplots(figsize=_column_figsize(520))
     if reference is not None:
         ax.axhline(reference.fd, color="black", linestyle="--",
                    label=f"{reference.sampler}, {reference.steps} steps ({reference.fd:.2f})")
-    for name in dict.fromkeys(r.sampler for r in runs):
-        mine = sorted((r for r in runs if r.sampler == name), key=lambda r: r.steps)
-        ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({mine[0].spacing})")
+    for name, spacing in dict.fromkeys((r.sampler, r.spacing) for r in runs):  # a sampler on two spacings: two lines
+        mine = sorted((r for r in runs if (r.sampler, r.spacing) == (name, spacing)), key=lambda r: r.steps)
+        ax.plot([r.steps for r in mine], [r.fd for r in mine], marker="o", label=f"{name} ({spacing})")
     ax.axhspan(real_mean - real_sd, real_mean + real_sd, color="grey", alpha=0.2, lw=0,
                label=f"sets of real digits ({real_mean:.2f} ± {real_sd:.2f})")
     ax.axhline(real_mean, color="grey", linestyle=":")

@@ -2,7 +2,8 @@
 
 x_t = q(x_t|x₀), x'_t = q(x_t|x'₀) with the same ε; x̄_t = (1 − λ) x_t + λ x'_t for each λ of the grid; each x̄_t is
 decoded by the reverse process from t (one noise stream shared across λ). λ = 0 and 1 are reconstructions.
-Row r (pair j, time k) is seeded by (seed, r), so rows do not depend on how processes share them.
+The row of pair (a, b) at time t is seeded by (seed, a, b, t), so rows do not depend on how processes share them
+nor on the other pairs and times asked for.
 """
 
 from __future__ import annotations
@@ -64,12 +65,21 @@ def interpolation_row(model: Model, diffusion: GaussianDiffusion, x_a: Tensor, x
 
 def interpolation_rows(model: Model, diffusion: GaussianDiffusion, pairs: Tensor, times: Sequence[int],
                        lambdas: Sequence[float], seed: int, rows: Sequence[int], clip_denoised: bool = True,
-                       device: torch.device | str = "cpu", progress: bool = False) -> Tensor:
-    """Rows ``rows`` of the grid (pair j, time k) → row j·len(times) + k; ``pairs`` is (P, 2, C, H, W)."""
+                       device: torch.device | str = "cpu", progress: bool = False,
+                       pair_indices: Sequence[tuple[int, int]] | None = None) -> Tensor:
+    """Rows ``rows`` of the grid (pair j, time k) → row j·len(times) + k; ``pairs`` is (P, 2, C, H, W).
+
+    The row of pair j = (a, b) at time t is seeded by (seed, a, b, t) (``pair_indices[j]``; (j, j) without them):
+    the same row whichever other pairs and times the grid shows.
+    """
+    keys = [(j, j) for j in range(pairs.shape[0])] if pair_indices is None else \
+        [(int(a), int(b)) for a, b in pair_indices]
+    if len(keys) != pairs.shape[0]:
+        raise ValueError(f"{len(keys)} index pairs for {pairs.shape[0]} pairs of images")
     out = []
     for r in tqdm(rows, desc="interpolation rows", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
-        noise = GlobalNoise(generator(seed, "interpolation", int(r)))
+        noise = GlobalNoise(generator(seed, "interpolation", *keys[j], int(times[k])))
         a, b = pairs[j, 0:1].to(device), pairs[j, 1:2].to(device)
         out.append(interpolation_row(model, diffusion, a, b, times[k], lambdas, noise, clip_denoised))
     return torch.stack(out) if out else torch.zeros(0, len(lambdas) + 2, *pairs.shape[2:])
@@ -132,7 +142,7 @@ def run_interpolate(common: CommonOptions,
         images = torch.stack([torch.stack([dataset[a], dataset[b]]) for a, b in pairs])
         rows = shard(range(len(pairs) * len(times)), s.group)
         part = interpolation_rows(s.model, s.model.diffusion, images, times, lambdas, common.seed, rows,
-                                  options.clip_denoised, s.device, common.progress and s.progress_enabled)
+                                  options.clip_denoised, s.device, common.progress and s.progress_enabled, pairs)
         parts = gather_to_main(part, s.group)
         if parts is None:
             return None

@@ -2,7 +2,8 @@
 
 Fig. 6: x̂₀ predicted at chosen steps of one reverse process, one row per sample. Fig. 7: for a test image x₀
 and several t, one x_t ~ q(x_t|x₀) is frozen and several x₀ ~ p_θ(x₀|x_t) are drawn from it; each row is
-x₀ | x_t | samples. Row r is seeded by (seed, r), so rows do not depend on how processes share them.
+x₀ | x_t | samples. Fig. 6's row i is seeded by (seed, i), Fig. 7's row of test image i at time t by (seed, i, t),
+so rows do not depend on how processes share them nor on the other rows asked for.
 """
 
 from __future__ import annotations
@@ -83,12 +84,20 @@ def shared_xt_row(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int
 
 def shared_xt_rows(model: Model, diffusion: GaussianDiffusion, images: Tensor, times: Sequence[int], n: int,
                    seed: int, rows: Sequence[int], clip_denoised: bool = True,
-                   device: torch.device | str = "cpu", progress: bool = False) -> Tensor:
-    """Rows ``rows`` of the grid (image j, time k) → row j·len(times) + k, each seeded by its row number."""
+                   device: torch.device | str = "cpu", progress: bool = False,
+                   image_indices: Sequence[int] | None = None) -> Tensor:
+    """Rows ``rows`` of the grid (image j, time k) → row j·len(times) + k.
+
+    The row of image j at time t is seeded by (seed, i, t), i its index in the split (``image_indices[j]``; j
+    without them): the same row whichever other images and times the figure shows.
+    """
+    keys = list(range(images.shape[0])) if image_indices is None else [int(i) for i in image_indices]
+    if len(keys) != images.shape[0]:
+        raise ValueError(f"{len(keys)} image indices for {images.shape[0]} images")
     out = []
     for r in tqdm(rows, desc="Fig. 7 (shared x_t)", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
-        noise = GlobalNoise(generator(seed, "reconstruction", int(r)))  # one stream for x_t and its n samples
+        noise = GlobalNoise(generator(seed, "reconstruction", keys[j], int(times[k])))  # x_t and its n samples
         out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n, noise, clip_denoised))
     return torch.stack(out) if out else torch.zeros(0, n + 2, *images.shape[1:])
 
@@ -146,7 +155,7 @@ def run_progressive(common: CommonOptions,
         share_t = check_times(options.share_t or quarter_times(T), T, "--share-t")
         images, indices = _test_images(s, common, options)  # bad --images fail before any sampling
         fig6 = _fig6(s, common, options, at)
-        fig7 = _fig7(s, common, options, images, share_t)
+        fig7 = _fig7(s, common, options, images, share_t, indices)
         if fig6 is None or fig7 is None:
             return None
         result = write_progressive(s.out, fig6, fig7, at, share_t, indices)
@@ -176,11 +185,11 @@ def _test_images(s: Session, common: CommonOptions, options: ProgressiveOptions)
 
 
 def _fig7(s: Session, common: CommonOptions, options: ProgressiveOptions, images: Tensor,
-          share_t: list[int]) -> Tensor | None:
+          share_t: list[int], indices: list[int]) -> Tensor | None:
     """This rank's Fig. 7 rows, merged on rank 0."""
     rows = shard(range(images.shape[0] * len(share_t)), s.group)
     part = shared_xt_rows(s.model, s.model.diffusion, images, share_t, options.share_samples, common.seed, rows,
-                          options.clip_denoised, s.device, common.progress and s.progress_enabled)
+                          options.clip_denoised, s.device, common.progress and s.progress_enabled, indices)
     parts = gather_to_main(part, s.group)
     return torch.cat(parts) if parts is not None else None
 

@@ -32,6 +32,8 @@ from .common import CommonOptions, batched, is_image_model, session, write_json,
 from .figures import plot_points
 from .parallel import gather_to_main, shard
 
+RUN_INFO_STEMS = ("args", "config")  # write_run_info's args.json and config.json: no --name may take them
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -50,6 +52,9 @@ class SamplerSpec:
             raise ConfigError(f"--spacing must be one of {', '.join(SPACINGS)}, got {shown(self.spacing)}")
         if self.steps is not None:
             check_int("--steps", self.steps, 1)  # <= T once the model is loaded (run_sample)
+        elif self.spacing is not None:  # all T steps run: a spacing would change nothing yet be recorded as used
+            raise ConfigError(f"--spacing {self.spacing} chooses which steps a shorter chain takes; without "
+                              "--steps every one of the T steps runs: give --steps K too, or leave --spacing out")
         check_float("--eta", self.eta, 0.0)  # NaN would pass `eta < 0` and poison every sample
         if self.eta and not SAMPLERS[self.sampler].takes_eta:
             raise ConfigError(f"--eta applies to ddim only, not to --sampler {self.sampler}")
@@ -63,15 +68,25 @@ def sample_batch(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, .
                  first_index: int, count: int, device: torch.device | str = "cpu",
                  labels: Sequence[int] | None = None, guidance: float = 0.0) -> torch.Tensor:
     """Samples first_index .. first_index + count − 1 (each seeded by its index, of class ``labels[j]``), in [-1, 1]."""
-    noise = per_item(seed, "sample", range(first_index, first_index + count))
-    return sample(model, diffusion, (count, *shape), noise, spec.sampler, spec.steps, spec.eta, spec.clip_denoised,
-                  device, spacing=spec.spacing, classes=None if labels is None else list(labels), guidance=guidance)
+    return sample_indices(model, diffusion, shape, spec, seed, range(first_index, first_index + count), device,
+                          labels, guidance)
+
+
+def sample_indices(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
+                   indices: Sequence[int], device: torch.device | str = "cpu",
+                   labels: Sequence[int] | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """The samples at ``indices`` (sample i from stream (seed, "sample", i), of class ``labels[j]``), in [-1, 1]."""
+    noise = per_item(seed, "sample", [int(i) for i in indices])
+    return sample(model, diffusion, (len(indices), *shape), noise, spec.sampler, spec.steps, spec.eta,
+                  spec.clip_denoised, device, spacing=spec.spacing, classes=None if labels is None else list(labels),
+                  guidance=guidance)
 
 
 def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...], spec: SamplerSpec, seed: int,
              indices: Sequence[int], batch_size: int = 64, device: torch.device | str = "cpu",
              progress: bool = False, labels: Sequence[int] | None = None, guidance: float = 0.0) -> np.ndarray:
-    """Samples at consecutive ``indices``, streamed in batches: uint8 NHWC images, or float32 points (N, D).
+    """Samples at ``indices`` (any, e.g. a shard's or a few picked again), streamed in batches: uint8 NHWC images,
+    or float32 points (N, D). Sample i is the same whatever the batch and whichever other indices come with it.
 
     ``labels`` gives the class of each of ``indices`` (a class-conditional model), guided with weight ``guidance``.
     """
@@ -81,7 +96,7 @@ def generate(model: Model, diffusion: GaussianDiffusion, shape: tuple[int, ...],
                disable=not progress, leave=False)
     for start, idx in zip(range(0, len(indices), batch_size), batched(indices, batch_size)):
         mine = None if labels is None else labels[start:start + len(idx)]
-        x = sample_batch(model, diffusion, shape, spec, seed, int(idx[0]), len(idx), device, mine, guidance)
+        x = sample_indices(model, diffusion, shape, spec, seed, idx, device, mine, guidance)
         out.append(to_display_uint8(x) if image else x.float().cpu().numpy())
         bar.update(len(idx))
     bar.close()
@@ -106,9 +121,16 @@ class SampleOptions:
     def __post_init__(self) -> None:
         check_int("--n", self.n, 1)
         check_int("--grid", self.grid, 1)  # the PNG shows min(grid, n) samples; an empty grid is no image
+        safe_name(self.name)  # the name must stay inside --out
+        if self.name in RUN_INFO_STEMS:  # <name>.json would be replaced by the run info written after it
+            raise ConfigError(f"--name {self.name!r} would share {self.name}.json with the run info this command "
+                              "writes beside the samples; choose another name")
         if self.classes is not None and (not isinstance(self.classes, str) or not self.classes.strip()):
             raise ConfigError(f"--class must be a class name, an index or 'all', got {shown(self.classes)}")
-        check_guidance(self.guidance, self.classes is not None, "--guidance")
+        check_guidance(self.guidance, True, "--guidance")  # a finite number >= 0
+        if self.guidance and self.classes is None:  # before the model is loaded: say what guidance needs
+            raise ConfigError(f"--guidance={self.guidance:g} needs a class to guide towards: give --class too "
+                              "(guidance needs a class-conditional model)")
 
     def labels(self, model: Model, n: int) -> list[int] | None:
         """The class of each of the n samples (None: unconditional); "all" is n of each class, class-major."""
@@ -135,11 +157,15 @@ class SampleResult:
     world_size: int
     classes: str | None = None     # --class (None: unconditional)
     guidance: float = 0.0          # w
+    seed: int | None = None        # --seed: sample i drew from stream (seed, "sample", i)
+    checkpoint: str | None = None  # --checkpoint as given
+    checkpoint_step: int | None = None  # the training step of the checkpoint used
+    weights: str | None = None     # "ema" or "model"
+    clip_denoised: bool = True     # x̂₀ clipped to [-1, 1] at every step (False: --no-clip)
 
 
 def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) -> SampleResult | None:
     """``ddpm sample``: <name>.npz (key ``images``, uint8 NHWC; ``points`` for toy models), a PNG, a JSON (rank 0)."""
-    safe_name(options.name)  # before any work: the name must stay inside --out
     with session(common, "sample") as s:
         if options.spec.steps is not None:  # needs the model's T: checked before any sampling or file
             check_int("--steps", options.spec.steps, 1, s.model.diffusion.T)
@@ -164,15 +190,20 @@ def run_sample(common: CommonOptions, options: SampleOptions = SampleOptions()) 
             return None
         seconds = time.perf_counter() - tick
         result = write_samples(s.out, options, np.concatenate(parts), is_image_model(s.config), seconds,
-                               s.model.diffusion.T, s.group.world_size, labels, model_classes(s.model)[1])
+                               s.model.diffusion.T, s.group.world_size, labels, model_classes(s.model)[1],
+                               seed=common.seed, checkpoint=common.checkpoint, checkpoint_step=s.model.step,
+                               weights=s.model.weights)
         write_run_info(s, {"common": common, "sample": options})
         return result
 
 
 def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image: bool, seconds: float, T: int,
                   world_size: int, labels: Sequence[int] | None = None,
-                  class_names: Sequence[str] | None = None) -> SampleResult:
-    """Write the .npz (with ``labels`` and ``class_names`` of class-conditional samples), the figure and the JSON."""
+                  class_names: Sequence[str] | None = None, *, seed: int | None = None,
+                  checkpoint: str | None = None, checkpoint_step: int | None = None,
+                  weights: str | None = None) -> SampleResult:
+    """Write the .npz (with ``labels`` and ``class_names`` of class-conditional samples), the figure and the JSON
+    (what was drawn and from what: enough to draw the same samples again, whatever args.json says later)."""
     name = safe_name(options.name)
     npz, png = out / f"{name}.npz", out / f"{name}.png"
     arrays = {"images" if image else "points": samples}
@@ -191,6 +222,6 @@ def write_samples(out: Path, options: SampleOptions, samples: np.ndarray, image:
     result = SampleResult(str(npz), str(png), len(samples), spec.sampler, spec.n_steps(T), spec.eta, spacing,
                           seconds,
                           len(samples) / seconds if seconds > 0 else math.nan, world_size, options.classes,
-                          options.guidance)
+                          options.guidance, seed, checkpoint, checkpoint_step, weights, spec.clip_denoised)
     write_json(out / f"{name}.json", result)
     return result
