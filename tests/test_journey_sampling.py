@@ -132,3 +132,18 @@ def test_a_fig7_or_interpolation_row_is_a_function_of_what_it_shows(ckpt):
     full = interpolation_rows(m, m.diffusion, pairs, [15, 10], [0, 0.5, 1], 0, range(4), pair_indices=[(0, 1), (1, 2)])
     alone = interpolation_rows(m, m.diffusion, pairs[1:], [10], [0, 0.5, 1], 0, range(1), pair_indices=[(1, 2)])
     torch.testing.assert_close(full[3], alone[0])
+
+
+def test_a_fig7_rows_first_samples_do_not_change_with_how_many_it_draws(ckpt):
+    """--share-samples 2 and 4 give the same first two samples of a row (one stream per sample; they shared one
+    stream, so a third sample changed the first two)."""
+    import torch
+
+    from ddpm.evaluation.progressive import shared_xt_rows
+
+    m = load_model(ckpt)
+    image = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
+    two = shared_xt_rows(m, m.diffusion, image, [10], 2, 0, range(1), image_indices=[3])[0]
+    four = shared_xt_rows(m, m.diffusion, image, [10], 4, 0, range(1), image_indices=[3])[0]
+    torch.testing.assert_close(four[:4], two)  # x0, x_t and samples 0, 1
+    assert not torch.allclose(four[2], four[3])  # samples are different draws from the one x_t

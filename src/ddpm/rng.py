@@ -35,7 +35,7 @@ Purpose = Literal[
     "sample",           # sample i of a run: x_T and every step's noise, index (i,)
     "nll",              # the noise of the bound (Eq. 5) of test image i: index (i,)
     "progressive",      # Fig. 6, row i: index (i,)
-    "reconstruction",   # Fig. 7, the row of test image i at time t (one frozen x_t and its samples): index (i, t)
+    "reconstruction",   # Fig. 7, test image i at time t: index (i, t) its frozen x_t, (i, t, m) its sample m
     "interpolation",    # Sec. 4.4, the row of test images a, b at time t: index (a, b, t)
     "pairs",            # the random image pairs of an interpolation grid
     "split",            # the fixed held-out split of a dataset without one

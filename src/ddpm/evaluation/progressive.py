@@ -20,7 +20,7 @@ from ..config import ConfigError, check_int, shown
 from ..diffusion import GaussianDiffusion, Model
 from ..images import save_image_grid, to_display_uint8
 from ..outputs import write_npz
-from ..rng import GlobalNoise, generator, per_item
+from ..rng import GlobalNoise, Noise, PerItemNoise, generator, per_item
 from ..sampling import ancestral_steps, reconstruct_from
 from ..schedules import spaced_steps
 from .common import (
@@ -76,9 +76,9 @@ def progressive_x0(model: Model, diffusion: GaussianDiffusion, shape: tuple[int,
 
 @torch.no_grad()
 def shared_xt_row(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int, n: int, noise: GlobalNoise,
-                  clip_denoised: bool = True) -> Tensor:
+                  clip_denoised: bool = True, sample_noise: Noise | None = None) -> Tensor:
     """Fig. 7, one row: x₀, the frozen x_t, then n samples of p_θ(x₀|x_t): (n + 2, *x0.shape[1:])."""
-    x_t, samples = reconstruct_from(model, diffusion, x0, t, n, noise, clip_denoised)
+    x_t, samples = reconstruct_from(model, diffusion, x0, t, n, noise, clip_denoised, sample_noise)
     return torch.cat([x0, x_t, samples]).cpu()
 
 
@@ -89,7 +89,8 @@ def shared_xt_rows(model: Model, diffusion: GaussianDiffusion, images: Tensor, t
     """Rows ``rows`` of the grid (image j, time k) → row j·len(times) + k.
 
     The row of image j at time t is seeded by (seed, i, t), i its index in the split (``image_indices[j]``; j
-    without them): the same row whichever other images and times the figure shows.
+    without them), and its sample m by (seed, i, t, m): the same row whichever other images and times the figure
+    shows, and the same first samples however many it draws.
     """
     keys = list(range(images.shape[0])) if image_indices is None else [int(i) for i in image_indices]
     if len(keys) != images.shape[0]:
@@ -97,8 +98,11 @@ def shared_xt_rows(model: Model, diffusion: GaussianDiffusion, images: Tensor, t
     out = []
     for r in tqdm(rows, desc="Fig. 7 (shared x_t)", leave=False, disable=not progress):
         j, k = divmod(int(r), len(times))
-        noise = GlobalNoise(generator(seed, "reconstruction", keys[j], int(times[k])))  # x_t and its n samples
-        out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n, noise, clip_denoised))
+        key = (seed, "reconstruction", keys[j], int(times[k]))
+        # x_t from stream (…, i, t), its sample m from (…, i, t, m): the same however many samples the row shows
+        samples = PerItemNoise(tuple(generator(*key, m) for m in range(n)))
+        out.append(shared_xt_row(model, diffusion, images[j:j + 1].to(device), times[k], n,
+                                 GlobalNoise(generator(*key)), clip_denoised, samples))
     return torch.stack(out) if out else torch.zeros(0, n + 2, *images.shape[1:])
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import check_int
-from ..diffusion import GaussianDiffusion, Model
+from ..diffusion import Decoder, GaussianDiffusion, Model
 from .common import CommonOptions, DataChoice, is_image_model, session, write_csv, write_json, write_run_info
 from .figures import plot_rate_distortion
 from .nll import BoundTotals, ImageSource, bound_totals, evaluate_bound, resolve_decoder
@@ -93,10 +93,13 @@ def rate_distortion_curve(totals: BoundTotals, times: Sequence[int] | None = Non
 def rate_distortion(model: Model, diffusion: GaussianDiffusion, images: ImageSource, indices: Sequence[int],
                     times: Sequence[int] | None = None, seed: int = 0, batch_size: int = 64, t_per_batch: int = 1,
                     clip_denoised: bool = True, device: torch.device | str = "cpu",
-                    progress: bool = False) -> RateDistortionResult:
-    """Fig. 5 for ``images[i]``, i in ``indices``, in one process (the command shares the work over processes)."""
+                    progress: bool = False, decoder: Decoder = "discretized") -> RateDistortionResult:
+    """Fig. 5 for ``images[i]``, i in ``indices``, in one process (the command shares the work over processes).
+
+    ``decoder`` is L_0's: Eq. 13 for images; ``"continuous"`` (the command's choice for toy points) the density.
+    """
     totals = bound_totals(model, diffusion, images, indices, seed, batch_size, t_per_batch, clip_denoised,
-                          device=device, progress=progress)
+                          decoder, device=device, progress=progress)
     return _result(totals, times, "given")
 
 

@@ -15,16 +15,20 @@ Tensor = torch.Tensor
 
 
 def reconstruct_from(model: Model, diffusion: GaussianDiffusion, x0: Tensor, t: int, n: int,
-                     noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True) -> tuple[Tensor, Tensor]:
-    """Fig. 7: one x_t ~ q(x_t|x_0) frozen, then ``n`` samples of p_θ(x_0|x_t). Returns (x_t, samples (n, ...))."""
+                     noise: Noise = GLOBAL_NOISE, clip_denoised: bool = True,
+                     sample_noise: Noise | None = None) -> tuple[Tensor, Tensor]:
+    """Fig. 7: one x_t ~ q(x_t|x_0) frozen, then ``n`` samples of p_θ(x_0|x_t). Returns (x_t, samples (n, ...)).
+
+    x_t draws from ``noise``, the samples' reverse steps from ``sample_noise`` (default: ``noise`` too; a
+    ``PerItemNoise`` makes sample j independent of how many are drawn)."""
     if x0.shape[0] != 1:
         raise ValueError(f"reconstruct_from takes one image (batch of 1), got a batch of {x0.shape[0]}")
     if not 1 <= t <= diffusion.T:
         raise ValueError(f"t must be in 1..{diffusion.T}, got {t}")
     tt = torch.full((1,), t, device=x0.device, dtype=torch.long)
     x_t = q_sample(diffusion.schedule, x0, tt, noise.randn(tuple(x0.shape), x0.device))
-    samples = run(ancestral_steps(model, diffusion, x_t.repeat(n, *([1] * (x0.ndim - 1))), noise,
-                                  clip_denoised, t_start=t))
+    samples = run(ancestral_steps(model, diffusion, x_t.repeat(n, *([1] * (x0.ndim - 1))),
+                                  noise if sample_noise is None else sample_noise, clip_denoised, t_start=t))
     return x_t, samples
 
 
