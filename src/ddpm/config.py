@@ -552,6 +552,10 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
         if name in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule]:
             raise ConfigError(f"{given['diffusion', name]} is not used by diffusion.schedule={schedule!r}, which "
                               f"takes {', '.join(SCHEDULE_PARAMETERS[schedule]) or 'no β parameter'}")
+    if "hybrid_lambda" in updates["diffusion"] and new_sections["diffusion"].loss_type != "hybrid":
+        raise ConfigError(f"{given['diffusion', 'hybrid_lambda']} is the weight of L_vlb in loss_type='hybrid'; "
+                          f"diffusion.loss_type={new_sections['diffusion'].loss_type!r} does not read it (add "
+                          "--loss_type hybrid, or leave it out)")
     if "label_dropout" in updates["train"] and new_sections["model"].num_classes is None:
         raise ConfigError(f"{given['train', 'label_dropout']} applies to class-conditional models only: set "
                           "model.num_classes too")

@@ -19,19 +19,26 @@ log = logging.getLogger(__name__)
 
 
 class Window:
-    """Statistics since the last log row: mean loss overall and by quartile of t, gradient norm, throughput."""
+    """Statistics since the last log row: the objective minimised (``loss``: the mean of w·L, w the importance
+    weights 1/(T·p_t) of train.t_sampler, all 1 for uniform t), the mean L_t by quartile of t, gradient norm,
+    throughput."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.loss_sum = torch.zeros(4, dtype=torch.float64)
+        self.loss_sum = torch.zeros(4, dtype=torch.float64)      # Σ L by quartile of t
+        self.weighted_sum = torch.zeros(4, dtype=torch.float64)  # Σ w·L by quartile of t
         self.count = torch.zeros(4, dtype=torch.float64)
         self.grad_norms: list[float] = []
         self.images = 0
 
-    def add(self, losses: torch.Tensor, t: torch.Tensor, T: int, grad_norm: float, images: int) -> None:
-        """Count one step: its per-example losses at times t (of T), its gradient norm, its global batch size."""
+    def add(self, losses: torch.Tensor, t: torch.Tensor, T: int, grad_norm: float, images: int,
+            weights: torch.Tensor | None = None) -> None:
+        """Count one step: its per-example losses at times t (of T) and their loss ``weights`` (None: 1), its
+        gradient norm, its global batch size."""
         q = ((t - 1) * 4 // T).clamp(0, 3).cpu()
         self.loss_sum.index_add_(0, q, losses.double().cpu())
+        weighted = losses if weights is None else losses * weights.to(losses.device, losses.dtype)
+        self.weighted_sum.index_add_(0, q, weighted.double().cpu())
         self.count.index_add_(0, q, torch.ones_like(q, dtype=torch.float64))
         self.grad_norms.append(grad_norm)
         self.images += images
@@ -39,17 +46,21 @@ class Window:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The window's sums and counts, for a checkpoint: a run resumed between two rows averages the same steps
         as an uninterrupted one. The throughput's images and clock are left out: they measure this process."""
-        return {"loss_sum": self.loss_sum.clone(), "count": self.count.clone(),
-                "grad_norms": torch.tensor(self.grad_norms, dtype=torch.float64)}
+        return {"loss_sum": self.loss_sum.clone(), "weighted_sum": self.weighted_sum.clone(),
+                "count": self.count.clone(), "grad_norms": torch.tensor(self.grad_norms, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Continue the window ``state_dict`` saved; ValueError when the tensors are not such a state."""
+        """Continue the window ``state_dict`` saved; ValueError when the tensors are not such a state.
+
+        A window saved before ``weighted_sum`` (ddpm 0.3) continues with its L sums as the w·L sums: exact for
+        uniform t, and for importance-sampled t off in that one row only."""
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         grad_norms = shapes.get("grad_norms", ())
-        if shapes.keys() != {"loss_sum", "count", "grad_norms"} or shapes["loss_sum"] != (4,) or \
-                shapes["count"] != (4,) or len(grad_norms) != 1:
-            raise ValueError(f"expected loss_sum (4,), count (4,) and grad_norms (n,), got {shapes}")
+        if shapes.keys() - {"weighted_sum"} != {"loss_sum", "count", "grad_norms"} or shapes["loss_sum"] != (4,) \
+                or shapes.get("weighted_sum", (4,)) != (4,) or shapes["count"] != (4,) or len(grad_norms) != 1:
+            raise ValueError(f"expected loss_sum (4,), weighted_sum (4,), count (4,) and grad_norms (n,), got {shapes}")
         self.loss_sum = state["loss_sum"].double().clone()
+        self.weighted_sum = state.get("weighted_sum", state["loss_sum"]).double().clone()
         self.count = state["count"].double().clone()
         self.grad_norms = state["grad_norms"].double().tolist()
 
@@ -60,7 +71,7 @@ class Window:
     def summary(self, lr: float) -> dict[str, float]:
         """The log row of the window (NaN where no step fell)."""
         n = self.count.sum().item()
-        row = {"loss": self.loss_sum.sum().item() / n if n else math.nan}
+        row = {"loss": self.weighted_sum.sum().item() / n if n else math.nan}
         for i in range(4):
             row[f"loss_t_q{i + 1}"] = (self.loss_sum[i] / self.count[i]).item() if self.count[i] else math.nan
         row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan

@@ -361,21 +361,21 @@ class Trainer:
         return slice(self.group.rank * local, (self.group.rank + 1) * local)
 
     def _global_noise(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice]:
-        """t (with its loss weights, train.t_sampler) and ε ~ N(0, I) for the whole global batch of this step,
-        and this process's slice of it."""
+        """t with its loss weights (train.t_sampler) for the whole global batch of this step, this process's
+        slice of ε ~ N(0, I) for it, and the slice."""
         tc, g = self.cfg.train, generator(self.cfg.train.seed, "training-noise", self.step)
         t, weights = self.t_sampler.draw(tc.batch_size, g)
         noise = torch.randn((tc.batch_size, *shape), generator=g)
         sl = self._share()
-        return t, weights[sl].to(self.device), noise[sl].to(self.device), sl
+        return t, weights, noise[sl].to(self.device), sl
 
     def _train_step(self, x0: torch.Tensor, window: Window, y: torch.Tensor | None = None) -> float:
         tc = self.cfg.train
         if self.cfg.data.random_flip and x0.ndim == 4:
             # one coin per example of the global batch, stream (seed, "flip", step): N processes flip as one
             x0 = random_flip(x0, generator(tc.seed, "flip", self.step), tc.batch_size, self._share())
-        t_all, weights, noise, sl = self._global_noise(tuple(x0.shape[1:]))
-        t = t_all[sl].to(self.device)
+        t_all, weights_all, noise, sl = self._global_noise(tuple(x0.shape[1:]))
+        t, weights = t_all[sl].to(self.device), weights_all[sl].to(self.device)
         model = self.model
         if y is not None:  # the labels, each dropped to "no class" with probability train.label_dropout
             u = torch.rand(tc.batch_size, generator=generator(tc.seed, "label-dropout", self.step))[sl]
@@ -399,7 +399,7 @@ class Trainer:
         losses = all_gather_cat(terms.loss.detach(), self.group)
         if self.t_sampler.learns:
             self.t_sampler.update(t_all, losses)
-        window.add(losses, t_all, self.diffusion.T, grad_norm.item(), tc.batch_size)
+        window.add(losses, t_all, self.diffusion.T, grad_norm.item(), tc.batch_size, weights_all)
         return loss.item()
 
     def _non_finite(self, loss: float, grad_norm: float) -> float:
