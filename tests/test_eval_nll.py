@@ -105,7 +105,9 @@ def test_steps_gives_the_bound_of_the_respaced_chain(ckpt, tmp_path):
     assert main(["nll", "--checkpoint", str(ckpt), "--out", str(out), "--limit", "4", "--steps", "5",
                  "--no-progress"]) == 0
     s = json.loads((out / "nll.json").read_text())
-    assert s["T"] == 5 and len(read_csv(out / "terms.csv")) == 5
+    assert s["T"] == 5 and s["steps"] == 5 and len(read_csv(out / "terms.csv")) == 5
+    # each term names its time in the model's 20-step chain (it said 1..5 alone)
+    assert [int(r["original_t"]) for r in read_csv(out / "terms.csv")] == spaced_steps(20, 5)
     m = load_model(ckpt)
     ds = dataset_for(m.config, "test")
     respaced = bound_totals(m, m.diffusion.respaced(spaced_steps(20, 5)), ds, range(4), seed=0, t_per_batch=5)

@@ -161,6 +161,7 @@ class TermStat:
     mean_bits_per_dim: float
     stderr_bits_per_dim: float
     x0_rmse_0_255: float
+    original_t: int  # the step's time in the model's T-step chain (t itself unless the chain is respaced, --steps)
 
 
 @dataclass(frozen=True)
@@ -185,26 +186,30 @@ class NLLResult:
     terms: tuple[TermStat, ...] = field(default=(), repr=False)
     variance: str = "model"          # the reverse variance: the model's own, or Analytic-DPM's σ*² (Bao et al.)
     conditional: bool = False        # a class-conditional model's bound on −log p(x_0 | y), each image's own label
+    steps: int | None = None         # the bound of the chain respaced to this many steps (--steps; T is then it)
 
     def summary(self) -> dict[str, object]:
         """Every field except the per-t table (what ``nll.json`` holds)."""
         return {k: v for k, v in self.__dict__.items() if k != "terms"}
 
 
-def term_stats(totals: BoundTotals) -> tuple[TermStat, ...]:
-    """The per-t table: mean and standard error of each L_{t−1}, and x̂₀'s RMSE on the [0, 255] scale."""
+def term_stats(totals: BoundTotals, timesteps: Tensor | None = None) -> tuple[TermStat, ...]:
+    """The per-t table: mean and standard error of each L_{t−1}, and x̂₀'s RMSE on the [0, 255] scale; with the
+    chain's ``timesteps`` (0-indexed steps of the original chain, ``Schedule.timesteps``) each row's original t."""
     n = totals.n
     mean = totals.term_sum / n
     var = (totals.term_sq_sum - n * mean**2) / (n - 1) if n > 1 else torch.full_like(mean, math.nan)
     stderr = (var.clamp(min=0) / n).sqrt()
     rmse = (totals.x0_mse_sum / n).sqrt() * 127.5
-    return tuple(TermStat(t, f"L_{t - 1}", mean[t - 1].item(), stderr[t - 1].item(), rmse[t - 1].item())
-                 for t in range(1, totals.T + 1))
+    original = list(range(1, totals.T + 1)) if timesteps is None else [int(k) + 1 for k in timesteps]
+    return tuple(TermStat(t, f"L_{t - 1}", mean[t - 1].item(), stderr[t - 1].item(), rmse[t - 1].item(),
+                          original[t - 1]) for t in range(1, totals.T + 1))
 
 
 def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_denoised: bool, t_per_batch: int,
-              seconds: float, variance: str = "model", conditional: bool = False) -> NLLResult:
-    """The NLL summary of merged totals."""
+              seconds: float, variance: str = "model", conditional: bool = False, steps: int | None = None,
+              timesteps: Tensor | None = None) -> NLLResult:
+    """The NLL summary of merged totals (of a chain respaced to ``steps``, whose ``timesteps`` they are)."""
     if totals.n == 0:
         raise ValueError("no images were evaluated")
     nll, stderr = mean_and_stderr(totals.total_bpd)
@@ -214,8 +219,8 @@ def summarize(totals: BoundTotals, split: str, dataset: str, decoder: str, clip_
         decoder_bits_per_dim=decoder_mean, rate_bits_per_dim=nll - decoder_mean,
         distortion_bits_per_dim=decoder_mean, n_images=totals.n, T=totals.T, split=split, dataset=dataset,
         decoder=decoder, clip_denoised=clip_denoised, t_per_batch=t_per_batch, seconds=seconds,
-        img_per_s=totals.n / seconds if seconds > 0 else math.nan, terms=term_stats(totals), variance=variance,
-        conditional=conditional,
+        img_per_s=totals.n / seconds if seconds > 0 else math.nan, terms=term_stats(totals, timesteps),
+        variance=variance, conditional=conditional, steps=steps,
     )
 
 
@@ -290,8 +295,9 @@ def run_nll(common: CommonOptions, options: NLLOptions = NLLOptions()) -> NLLRes
         if totals is None:
             return None
         dataset = options.data.dataset or s.config.data.dataset
+        timesteps = s.model.diffusion.with_steps(options.steps).schedule.timesteps  # the chain evaluate_bound used
         result = summarize(totals, options.data.split, dataset, decoder, options.clip_denoised, options.t_batch,
-                           seconds, options.variance, s.model.num_classes is not None)
+                           seconds, options.variance, s.model.num_classes is not None, options.steps, timesteps)
         write_nll(s.out, result, totals)
         write_run_info(s, {"common": common, "nll": options})
         return result
@@ -305,7 +311,7 @@ def write_nll(out: Path, result: NLLResult, totals: BoundTotals) -> list[Path]:
                  {"index": int(i), "total_bits_per_dim": float(a), "prior_bits_per_dim": float(p),
                   "decoder_bits_per_dim": float(d), "rate_bits_per_dim": float(a - d)}
                  for i, a, p, d in zip(totals.indices, totals.total_bpd, totals.prior_bpd, totals.decoder_bpd)]),
-             plot_bound_terms(out / "terms.png", [t.t for t in result.terms],
+             plot_bound_terms(out / "terms.png", [t.original_t for t in result.terms],
                               [t.mean_bits_per_dim for t in result.terms], result.prior_bits_per_dim)]
     if totals.terms_bpd is not None:
         write_npz(out / "terms.npz", compressed=True, terms_bits_per_dim=totals.terms_bpd.numpy(),
