@@ -547,6 +547,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
             new_sections[sec] = from_dict(type(obj), merged, sec)
         else:
             new_sections[sec] = obj
+    new = RunConfig(name=top.get("name", cfg.name), **new_sections)  # every value checked first, then its use
     schedule = new_sections["diffusion"].schedule
     for name in ("beta_start", "beta_end"):
         if name in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule]:
@@ -559,7 +560,7 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
     if "label_dropout" in updates["train"] and new_sections["model"].num_classes is None:
         raise ConfigError(f"{given['train', 'label_dropout']} applies to class-conditional models only: set "
                           "model.num_classes too")
-    return RunConfig(name=top.get("name", cfg.name), **new_sections)
+    return new
 
 
 # --- resuming: what may change between the checkpoint and the resumed run ---------------------
