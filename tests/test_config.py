@@ -204,3 +204,19 @@ def test_a_hundred_thousand_levels_are_refused_in_one_short_line_naming_the_fiel
     d["model"]["image_size"] = 10
     with pytest.raises(ConfigError, match=r"model.image_size=10 must be divisible by 4 \(model.channel_mults"):
         RunConfig.from_dict(d)
+
+
+def test_a_schedule_that_drops_the_presets_beta_says_so(caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ddpm.config"):
+        cfg = override(preset("digits-nll"), schedule="cosine")
+    assert cfg.diffusion.schedule == "cosine"
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["diffusion.schedule='cosine' does not read beta_start=0.0025, which digits-nll sets; that value "
+                    "is left unused"], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ddpm.config"):
+        override(preset("digits"), schedule="cosine")  # the paper's defaults: nothing of the preset's is dropped
+        override(preset("digits-nll"), schedule="quadratic")  # reads beta_start too
+    assert not caplog.records

@@ -7,11 +7,14 @@ configuration can be saved beside every checkpoint and result.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import types
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+log = logging.getLogger(__name__)
 
 ScheduleName = Literal["linear", "quadratic", "constant", "cosine"]
 MeanType = Literal["eps", "x0", "mu"]  # what the network predicts (Table 2)
@@ -553,6 +556,12 @@ def override(cfg: RunConfig, **changes: Any) -> RunConfig:
         if name in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule]:
             raise ConfigError(f"{given['diffusion', name]} is not used by diffusion.schedule={schedule!r}, which "
                               f"takes {', '.join(SCHEDULE_PARAMETERS[schedule]) or 'no β parameter'}")
+        old_value = getattr(cfg.diffusion, name)
+        if "schedule" in updates["diffusion"] and name not in SCHEDULE_PARAMETERS[schedule] \
+                and name in SCHEDULE_PARAMETERS[cfg.diffusion.schedule] and old_value != getattr(DiffusionConfig, name):
+            # e.g. digits-nll's β_1 = 2.5e-3, the reason that preset exists, dropped by --schedule cosine
+            log.warning("diffusion.schedule=%r does not read %s=%g, which %s sets; that value is left unused",
+                        schedule, name, old_value, cfg.name)
     if "hybrid_lambda" in updates["diffusion"] and new_sections["diffusion"].loss_type != "hybrid":
         raise ConfigError(f"{given['diffusion', 'hybrid_lambda']} is the weight of L_vlb in loss_type='hybrid'; "
                           f"diffusion.loss_type={new_sections['diffusion'].loss_type!r} does not read it (add "
