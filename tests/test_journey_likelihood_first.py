@@ -185,3 +185,23 @@ def test_a_log_window_saved_by_ddpm_0_3_continues_with_its_losses_as_the_objecti
     assert resumed.summary(1e-3)["loss"] == pytest.approx(2.0)  # exact for uniform t (all weights 1)
     with pytest.raises(ValueError, match="weighted_sum"):
         resumed.load_state_dict({**old, "weighted_sum": torch.zeros(3)})
+
+
+def test_toy_points_train_l0_with_the_decoder_their_bound_uses(tmp_path):
+    """L_vlb on continuous 2-D points trained its L_0 with Eq. 13's 256-bin decoder while `ddpm nll` scores them
+    with the Gaussian density; the trainer now takes the bound's decoder (images keep Eq. 13)."""
+    from ddpm.train.trainer import Trainer
+
+    toy = override(preset("toy2d"), loss_type="vlb", var_type="learned_range", T=4, total_steps=1)
+    assert Trainer(toy, tmp_path / "toy", progress=False).decoder == "continuous"
+    digits = override(preset("digits"), **{k: v for k, v in TINY.items() if k != "dropout"}, total_steps=1)
+    assert Trainer(digits, tmp_path / "digits", progress=False).decoder == "discretized"
+    d = GaussianDiffusion.from_config(toy.diffusion)
+    x0 = 0.7 * torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    model = lambda x, step: torch.cat([0.5 * x, torch.zeros_like(x)], dim=1)  # noqa: E731
+    for t, differs in ((1, True), (3, False)):  # only L_0 has a decoder
+        tt = torch.full((5,), t)
+        cont = d.training_losses(model, x0, tt, noise, "continuous").loss
+        disc = d.training_losses(model, x0, tt, noise).loss
+        assert (not torch.allclose(cont, disc)) == differs

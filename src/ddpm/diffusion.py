@@ -280,8 +280,10 @@ class GaussianDiffusion:
             log_p = gaussian_log_density(x0, dec_mean, 0.5 * dec_log_var)
         return nats_to_bits_per_dim(torch.where(t == 1, -mean_flat(log_p), kl), 1)
 
-    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor) -> LossTerms:
-        """The configured loss at times t (Algorithm 1's objective for L_simple)."""
+    def training_losses(self, model: Model, x0: Tensor, t: Tensor, noise: Tensor,
+                        decoder: Decoder = "discretized") -> LossTerms:
+        """The configured loss at times t (Algorithm 1's objective for L_simple); L_vlb's L_0 by ``decoder``
+        (Eq. 13 for images, the Gaussian density for continuous points: what the bound evaluates)."""
         if t.shape != (x0.shape[0],):
             raise ValueError(f"t must hold one paper time per example, shape {(x0.shape[0],)}, got {tuple(t.shape)}")
         # a 0-indexed t (the official code's) would read table entry −1, i.e. step T, without any error
@@ -305,7 +307,7 @@ class GaussianDiffusion:
                 # L_vlb trains only Σ here: the mean is frozen (Nichol & Dhariwal, Sec. 3.1)
                 output = torch.cat([output[:, :C].detach(), output[:, C:]], dim=1)
             p = p_mean_var_from_output(self.schedule, self.mean_type, self.var_type, output, x_t, t)
-            vlb = self.vlb_term_bpd(p, x0, x_t, t)
+            vlb = self.vlb_term_bpd(p, x0, x_t, t, decoder)
         if self.loss_type == "hybrid":
             loss = mse + self.hybrid_lambda * self.T * vlb  # λ·L_vlb with L_vlb ≈ T·E_t[L_{t−1}]
         else:

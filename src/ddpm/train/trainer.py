@@ -37,6 +37,7 @@ from ..config import ConfigError, RunConfig, check_resume_config
 from ..data import LabelledDataset, dataset_for, random_flip
 from ..diffusion import GaussianDiffusion
 from ..evaluation.common import check_same_classes, is_image_model
+from ..evaluation.nll import resolve_decoder
 from ..images import save_image_grid, to_display_uint8
 from ..loading import CLASS_NAMES_KEY, shape_problems
 from ..nets import network_for
@@ -171,6 +172,7 @@ class Trainer:
         seed_torch(tc.seed, "weights")  # the same initial weights in every process
         self.net = network_for(cfg).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        self.decoder = resolve_decoder("auto", is_image_model(cfg))  # L_0 of L_vlb as `ddpm nll` evaluates it
         self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup_power)
         self.t_sampler = t_sampler_for(tc.t_sampler, self.diffusion)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=tc.lr)
@@ -385,7 +387,7 @@ class Trainer:
             group["lr"] = self._lr(self.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext()
         with autocast:
-            terms = self.diffusion.training_losses(model, x0, t, noise)
+            terms = self.diffusion.training_losses(model, x0, t, noise, self.decoder)
         loss = (terms.loss * weights).mean()  # weights 1/(T·p_t): unbiased for any p (all 1 for uniform t)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
