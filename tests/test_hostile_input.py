@@ -146,6 +146,23 @@ def test_files_get_the_users_umask_and_replace_atomically(ckpt, tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
+def test_checkpoint_tensor_files_get_the_users_umask_too(tmp_path):
+    """safetensors creates its files 0600: a checkpoint's weights were unreadable to the group that could read its
+    meta.json (and a diffusers export's, and a Γ estimate's)."""
+    old = os.umask(0o027)
+    try:
+        ck = make_checkpoint(tmp_path / "ck", T=4)
+        pipe = tmp_path / "pipe"
+        assert main(["convert", "--to-diffusers", str(ck), "--out", str(pipe)]) == 0
+        assert main(["analytic-variance", "--checkpoint", str(ck), "--n-images", "2"]) == 0
+    finally:
+        os.umask(old)
+    written = [p for p in [*ck.rglob("*"), *pipe.rglob("*"), *ck.parent.glob("*.analytic-*")] if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in written)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o640"}, \
+        {p.name: oct(p.stat().st_mode & 0o777) for p in written}
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = write_bytes(tmp_path / "f.bin", b"old")
 

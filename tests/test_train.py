@@ -156,9 +156,9 @@ def test_non_finite_loss_stops_and_leaves_ema_and_checkpoint_intact(tmp_path, mo
     real = t.diffusion.training_losses
     calls = {"n": 0}
 
-    def poisoned(model, x0, tt, noise):
+    def poisoned(model, x0, tt, noise, *rest):
         calls["n"] += 1
-        terms = real(model, x0, tt, noise)
+        terms = real(model, x0, tt, noise, *rest)
         if calls["n"] == 3:  # the third step's loss is NaN
             return type(terms)(terms.loss * float("nan"), terms.mse, terms.vlb_bpd, terms.t)
         return terms

@@ -36,7 +36,7 @@ import safetensors.torch
 import torch
 
 from .config import cut
-from .outputs import check_output_dir, fsync_dir, replace_dir
+from .outputs import check_output_dir, file_mode, fsync_dir, replace_dir
 from .untrusted_pickle import check_pickle
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``safetensors.torch.save_file``, whose I/O failures (a full disk) come back as the OSError they are."""
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk) come back as the OSError they are, and
+    whose file (created 0600) gets the user's umask like every other file the project writes."""
     try:
         safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
     except safetensors.SafetensorError as e:
@@ -242,6 +243,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
             raise
         code = int(m.group(1))
         raise OSError(code, os.strerror(code), str(path)) from None
+    os.chmod(path, file_mode())
 
 
 def set_aside_checkpoint(path: str | Path) -> Path:

@@ -53,6 +53,13 @@ def safe_name(name: str, option: str = "--name") -> str:
 
 # --- atomic files --------------------------------------------------------------------------------
 
+def file_mode() -> int:
+    """The mode a file created now gets, 0o666 less the process's umask (for writers that create files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def temporary_sibling(path: Path) -> Path:
     """A fresh hidden name beside ``path`` with the same suffix (writers such as PIL and numpy go by it)."""
     return path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if is_main_process():  # (every process of a torchrun run is interrupted; one line is enough)
             print(interrupted_line(args.out), file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"trained {cfg.name} to step {result.step} in {result.run_dir}")
+    if is_main_process():  # (one line for all the processes of a torchrun run)
+        print(f"trained {cfg.name} to step {result.step} in {result.run_dir}")
     return 0
 
 

@@ -214,8 +214,9 @@ class Trainer:
                 raise CheckpointError(
                     f"the latest checkpoint is damaged ({first_damage}); the newest intact one is {path.name}: "
                     "pass --resume latest-valid to continue from it (the damaged ones are set aside, not deleted)")
-            log.warning("resuming from %s: the newer %s failed validation and will be set aside",
-                        path.name, ", ".join(p.name for p in self.damaged))
+            if self.group.is_main:  # (every process finds it; one line is enough)
+                log.warning("resuming from %s: the newer %s failed validation and will be set aside",
+                            path.name, ", ".join(p.name for p in self.damaged))
             return ckpt
         raise CheckpointError(f"no intact checkpoint in {self.run_dir / 'checkpoints'}; the latest is damaged "
                               f"({first_damage})")
@@ -243,6 +244,27 @@ class Trainer:
         self.skipped = int(ckpt.extra.get("skipped_steps", 0))
         self._restore_log_window(ckpt)
         self._restore_rng(ckpt)
+        self._say_if_the_world_size_changed(ckpt)
+
+    def _say_if_the_world_size_changed(self, ckpt: Checkpoint) -> None:
+        """Resuming with another number of processes keeps every step's global batch (examples, t, ε, flips,
+        labels), but not what is drawn or summed per process: say so (rank 0, once) rather than change it silently."""
+        saved, now = ckpt.extra.get("world_size"), self.group.world_size
+        if not self.group.is_main or not isinstance(saved, int) or saved == now:
+            return
+        what = (f"the checkpoint at step {ckpt.step} was written by {saved} process(es) and is resumed by {now}: "
+                "every step's global batch (its examples, t, ε and flips) is the one an uninterrupted run draws, "
+                "but the gradients are averaged over another split of it, so the weights match such a run's only "
+                "to float rounding")
+        dropout = float(getattr(self.cfg.model, "dropout", 0.0) or 0.0)
+        if dropout == 0.0:
+            log.info("%s (no dropout: nothing else changes)", what)
+            return
+        streams = [f"ranks {saved}..{now - 1} start stream (seed, 'dropout', rank, {ckpt.step})"] if now > saved \
+            else [f"the streams of ranks {now}..{saved - 1} are dropped"]
+        log.warning("%s; and dropout (model.dropout=%s) is drawn per process, so it is not the uninterrupted "
+                    "%d-process run's: ranks 0..%d go on with their own streams, %s. Resume with %d process(es) "
+                    "to repeat that run exactly", what, dropout, saved, min(saved, now) - 1, streams[0], saved)
 
     def _restore_log_window(self, ckpt: Checkpoint) -> None:
         """The log window of the checkpoint's step, so the next row averages the steps an uninterrupted run's does
