@@ -27,6 +27,8 @@ def test_paper_points():
     ts = select_times(1000, 5)
     assert set(paper_times(1000)) <= set(ts) and {1, 1000} <= set(ts) and ts == sorted(ts)
     assert select_times(20) == list(range(1, 21))
+    # the evenly spaced ones by the respacing rule (schedules.spaced_steps), the paper's points beside them
+    assert select_times(1000, 5) == sorted({1, 250, 500, 750, 1000} | set(paper_times(1000)))
 
 
 def test_rate_and_distortion_of_a_hand_made_model():

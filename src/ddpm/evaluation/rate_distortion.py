@@ -19,6 +19,7 @@ import torch
 
 from ..config import check_int
 from ..diffusion import Decoder, GaussianDiffusion, Model
+from ..schedules import spaced_steps
 from .common import CommonOptions, DataChoice, is_image_model, session, write_csv, write_json, write_run_info
 from .figures import plot_rate_distortion
 from .nll import BoundTotals, ImageSource, bound_totals, evaluate_bound, resolve_decoder
@@ -67,8 +68,7 @@ def select_times(T: int, num_t: int | None = None) -> list[int]:
         return list(range(1, T + 1))
     if num_t < 2:
         raise ValueError(f"num_t must be >= 2, got {num_t}")
-    even = {1 + round(i * (T - 1) / (num_t - 1)) for i in range(num_t)}
-    return sorted(even | set(paper_times(T)))
+    return sorted(set(spaced_steps(T, num_t)) | set(paper_times(T)))  # the one rule for evenly spaced steps
 
 
 def rate_distortion_curve(totals: BoundTotals, times: Sequence[int] | None = None) -> tuple[RatePoint, ...]:
