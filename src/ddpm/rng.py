@@ -60,14 +60,11 @@ def seed_for(seed: int, purpose: Purpose, *index: int) -> int:
     a purpose or an index into another (the old linear mixes collided: ``seed + 1 + rank`` made seed 0 rank 1
     equal seed 1 rank 0).
     """
-    s = _check_int("seed", seed, MAX_SEED)
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown randomness purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
+    head = _seed_and_purpose(seed, purpose)
     if len(index) > 255:
         raise ValueError(f"at most 255 indices, got {len(index)}")
     words = [_check_int("index", i, _MAX_INDEX) for i in index]
-    message = bytes([PURPOSES.index(purpose)]) + s.to_bytes(8, "little") + bytes([len(words)]) + \
-        b"".join(w.to_bytes(8, "little") for w in words)
+    message = head + bytes([len(words)]) + b"".join(w.to_bytes(8, "little") for w in words)
     digest = hashlib.blake2b(message, digest_size=8, person=b"ddpm.rng").digest()
     return int.from_bytes(digest, "little") >> 1  # 63 bits: non-negative for torch and numpy alike
 
@@ -85,10 +82,7 @@ def uniform_of_name(seed: int, purpose: Purpose, name: bytes) -> float:
     then the name's bytes — fixed-length fields first, so the encoding is injective —, its first 53 bits read as
     a binary fraction: exactly uniform on the multiples of 2⁻⁵³.
     """
-    s = _check_int("seed", seed, MAX_SEED)
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown randomness purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
-    message = bytes([PURPOSES.index(purpose)]) + s.to_bytes(8, "little") + bytes(name)
+    message = _seed_and_purpose(seed, purpose) + bytes(name)
     digest = hashlib.blake2b(message, digest_size=8, person=b"ddpm.name").digest()
     return (int.from_bytes(digest, "little") >> 11) / 2.0**53
 
@@ -102,6 +96,15 @@ def seed_torch(seed: int, purpose: Purpose, *index: int) -> None:
     """Seed torch's global RNG with stream (seed, purpose, index…): for code that draws from it (weight
     initialisation, dropout, torchmetrics)."""
     torch.manual_seed(seed_for(seed, purpose, *index))
+
+
+def _seed_and_purpose(seed: int, purpose: Purpose) -> bytes:
+    """The fixed-length start of every hashed message: the purpose's position in ``PURPOSES`` (one byte), then
+    the seed in 8 bytes; a bad seed or an unknown purpose is a ValueError."""
+    s = _check_int("seed", seed, MAX_SEED)
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown randomness purpose {purpose!r}; expected one of {', '.join(PURPOSES)}")
+    return bytes([PURPOSES.index(purpose)]) + s.to_bytes(8, "little")
 
 
 def _check_int(name: str, value: object, hi: int) -> int:
