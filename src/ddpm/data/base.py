@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config import SplitBy
 from ..rng import numpy_rng, uniform_of_name
 from .errors import DataError
 from .levels import check_levels, from_levels
@@ -82,6 +83,15 @@ def held_out_by_name(names: Sequence[bytes], split: str, held_out_fraction: floa
                      f": each item is held out by its name with probability {held_out_fraction} (data.split_by "
                      "'name'); hold out more with --held_out_fraction, or take round(fraction × items) by "
                      "position with --split_by position (one item more then reshuffles the split)")
+
+
+def held_out_split(names: Sequence[bytes], split_by: SplitBy, split: str, held_out_fraction: float,
+                   split_seed: int, source: str) -> np.ndarray:
+    """Sorted indices of one split of the items named ``names``, by ``split_by``: each by its own name
+    (``held_out_by_name``), or by their positions (``held_out_indices``, which reads only how many there are)."""
+    if split_by == "name":
+        return held_out_by_name(names, split, held_out_fraction, split_seed, source)
+    return held_out_indices(len(names), split, held_out_fraction, split_seed, source)
 
 
 class ArrayImageDataset(Dataset[Tensor]):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import SplitBy
-from .base import held_out_by_name, held_out_indices
+from .base import held_out_split
 from .decode import Check, EncodedImageDataset, ImageSource, validate_images
 from .errors import DataError
 
@@ -135,11 +135,9 @@ class ImageFolderDataset(EncodedImageDataset):
             raise DataError(
                 f"{self.root}: no images found (searched recursively for {sorted(IMAGE_EXTENSIONS)})"
             )
-        if split_by == "name":  # a file's path under the folder (through links), as the files are sorted
-            names = [f.relative_to(self.root).as_posix().encode("utf-8", "surrogateescape") for f in files]
-            idx = held_out_by_name(names, split, held_out_fraction, split_seed, str(self.root))
-        else:
-            idx = held_out_indices(len(files), split, held_out_fraction, split_seed, str(self.root))
+        # a file is named by its path under the folder (through links), as the files are sorted
+        names = [f.relative_to(self.root).as_posix().encode("utf-8", "surrogateescape") for f in files]
+        idx = held_out_split(names, split_by, split, held_out_fraction, split_seed, str(self.root))
         paths = [str(files[i]) for i in idx]
         good = validate_images(paths, paths.__getitem__, image_size, check, skip_bad, channels, str(self.root))
         if len(good) < len(paths):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SplitBy
-from .base import held_out_by_name, held_out_indices
+from .base import held_out_split
 from .decode import Check, EncodedImageDataset, ImageSource, validate_images
 from .errors import DataError
 
@@ -96,11 +96,7 @@ class LMDBImageDataset(EncodedImageDataset):
         blob, offsets = read_keys(open_env(self.path), self.path)
         if len(offsets) == 1:
             raise DataError(f"{self.path}: the LMDB database holds no entries")
-        n = len(offsets) - 1
-        if split_by == "name":
-            idx = held_out_by_name(_Keys(blob, offsets), split, held_out_fraction, split_seed, str(self.path))
-        else:
-            idx = held_out_indices(n, split, held_out_fraction, split_seed, str(self.path))
+        idx = held_out_split(_Keys(blob, offsets), split_by, split, held_out_fraction, split_seed, str(self.path))
         self._blob, self._offsets = blob, offsets
         self._index = idx
         self.names = _LazyNames(self)
